@@ -217,7 +217,9 @@ class ImageNet(ExtendedVisionDataset):
         if self._split == _Split.TEST:
             actual_indices = self._scan_test_indices()
             dtype = [("actual_index", "<u4"), ("class_index", "<u4"), ("class_id", "U1"), ("class_name", "U1")]
-            entries = np.array([(i, np.uint32(-1), "", "") for i in actual_indices], dtype=dtype)
+            entries = np.array(
+                [(i, np.iinfo(np.uint32).max, "", "") for i in actual_indices], dtype=dtype
+            )  # uint32(-1)
         else:
             labels = _read_labels(Path(self.root) / "labels.txt")
             # Class indices follow the sorted wnids of labels.txt, which for the full dataset equals the reference's
