@@ -48,7 +48,7 @@ def run_ranks(fn: Callable[..., None], world_size: int, *args: Any, timeout_s: f
         _entry, args=(fn, world_size, free_port(), args), nprocs=world_size, join=False, start_method="spawn"
     )
     deadline = time.monotonic() + timeout_s
-    while not context.join(timeout=1.0):
+    while not context.join(timeout=0.1):
         if time.monotonic() > deadline:
             for process in context.processes:
                 process.kill()

@@ -86,6 +86,10 @@ def _two_rank_worker(rank: int, ckpt_in: str, ckpt_out: str, expected_in: str, e
     extra = checkpointer_in.load(checkpointer_in.latest(), model=model, optimizer=optimizer)
     checkpointer_in.load(checkpointer_in.latest(), model=reference, optimizer=ref_optimizer)
     assert extra["who"] == "parent" and extra["iteration"] == 1
+    # Both ranks restored the parent's RNG state; rank 1 (beyond the old world size) re-seeded from it.
+    draws = distributed.all_gather_object(torch.rand(3))
+    assert not torch.equal(draws[0], draws[1])
+    torch.testing.assert_close(draws[0], torch.load(expected_in)["draw"], rtol=0, atol=0)
     expected = torch.load(expected_in)
     gathered = full_state_dict(model)
     if rank == 0:
@@ -121,7 +125,8 @@ def test_sharded_training_and_checkpoints_across_world_sizes(tmp_path: Path) -> 
     _train_step(parent, parent_optimizer, _batch(7))
     parent.center.fill_(0.25)  # buffers travel too
     Checkpointer(tmp_path / "in").save(1, model=parent, optimizer=parent_optimizer, extra={"who": "parent"})
-    torch.save({"model": parent.state_dict()}, tmp_path / "expected_in.pt")
+    next_draw = torch.rand(3)  # what a resumed rank 0 must draw first
+    torch.save({"model": parent.state_dict(), "draw": next_draw}, tmp_path / "expected_in.pt")
 
     run_ranks(
         _two_rank_worker,
