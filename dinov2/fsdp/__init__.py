@@ -155,16 +155,17 @@ def get_fsdp_wrapper(
     """
     wrap_types = tuple(modules_to_wrap)
     precision = model_cfg["mixed_precision"]
+    # Read and checked now, so a bad config fails before any model is built.
+    param_dtype = as_torch_dtype(precision["param_dtype"])
+    reduce_dtype = as_torch_dtype(precision["reduce_dtype"])
+    strategy = str(model_cfg["sharding_strategy"]).upper()
+    get_sharding_options(strategy)
 
     def wrap(module: nn.Module) -> nn.Module:
         blocks = [child for child in module.modules() if wrap_types and isinstance(child, wrap_types)]
         blocks = [child for child in blocks if child is not module]
         return shard_module(
-            module,
-            blocks=blocks,
-            param_dtype=as_torch_dtype(precision["param_dtype"]),
-            reduce_dtype=as_torch_dtype(precision["reduce_dtype"]),
-            sharding_strategy=str(model_cfg["sharding_strategy"]).upper(),
+            module, blocks=blocks, param_dtype=param_dtype, reduce_dtype=reduce_dtype, sharding_strategy=strategy
         )
 
     return wrap
