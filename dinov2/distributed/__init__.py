@@ -16,6 +16,7 @@ __all__ = [
     "is_main_process",
     "barrier",
     "all_reduce",
+    "all_reduce_async",
     "all_gather_tensor",
     "broadcast",
 ]
@@ -59,6 +60,13 @@ def all_reduce(tensor: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp
     if is_enabled():
         dist.all_reduce(tensor, op=op)
     return tensor
+
+
+def all_reduce_async(tensor: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> dist.Work | None:
+    """Starts an in-place all-reduce and returns its handle (call ``.wait()``); None without a process group."""
+    if is_enabled():
+        return dist.all_reduce(tensor, op=op, async_op=True)
+    return None
 
 
 def all_gather_tensor(tensor: torch.Tensor) -> torch.Tensor:
