@@ -34,6 +34,13 @@ class _MomentumCenter(nn.Module):
         self.register_state_dict_pre_hook(_fold_pending_update_before_save)
         self.register_load_state_dict_pre_hook(_drop_pending_update_before_load)
 
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Zeroes ``center`` and drops any pending update: call after materialising a meta-device build
+        (``to_empty`` leaves the buffer uninitialised)."""
+        self._discard_pending_update()
+        self.center.zero_()
+
     def _start_center_update(self, batch_sum: torch.Tensor, n_rows: int) -> None:
         """Records the local sum of this step's statistic and launches its all-reduce (no-op in one process)."""
         if not self.updated:
@@ -77,14 +84,17 @@ def _drop_pending_update_before_load(module: nn.Module, *args: object, **kwargs:
 
 
 @torch.no_grad()
-def sinkhorn_knopp(logits: torch.Tensor, teacher_temp: float, n_total: int, n_iterations: int) -> torch.Tensor:
+def sinkhorn_knopp(
+    logits: torch.Tensor, teacher_temp: float, n_total: int | torch.Tensor, n_iterations: int
+) -> torch.Tensor:
     """Sinkhorn-Knopp targets for ``logits`` [R, K] whose rows (samples) are spread over ranks.
 
-    Same iterations as the reference (global normalisation, then ``n_iterations`` times rows to 1/K and columns to
-    1/n_total, row sums all-reduced), with two numerical guards that do not change the result where the reference
-    is finite: the global maximum (all-reduced, so identical on every rank) is subtracted before ``exp`` (the first
-    normalisation cancels any global constant), and sums are clamped to the smallest normal float so a prototype or
-    sample that underflowed to zero gives zeros instead of NaN.
+    ``n_total`` is the number of rows over all ranks (an int or a 0-d tensor). Same iterations as the reference
+    (global normalisation, then ``n_iterations`` times rows to 1/K and columns to 1/n_total, row sums all-reduced),
+    with two numerical guards that do not change the result where the reference is finite: the global maximum
+    (all-reduced, so identical on every rank) is subtracted before ``exp`` (the first normalisation cancels any
+    global constant), and sums are clamped to the smallest normal float so a prototype or sample that underflowed
+    to zero gives zeros instead of NaN.
     """
     if teacher_temp <= 0:
         raise ValueError(f"teacher_temp must be > 0, got {teacher_temp}")

@@ -49,7 +49,8 @@ class iBOTPatchLoss(_MomentumCenter):
         ``n_masked_patches_tensor`` holds this rank's M; it is summed over ranks on a copy (the reference
         all-reduces the caller's tensor in place and needs a process group; here one process works too).
         """
-        n_total = int(distributed.all_reduce(n_masked_patches_tensor.detach().clone().to(torch.int64)).sum())
+        count = n_masked_patches_tensor.detach().to(device=teacher_output.device, dtype=torch.float32, copy=True)
+        n_total = distributed.all_reduce(count).sum()  # [] (a tensor: no host sync)
         return sinkhorn_knopp(teacher_output, teacher_temp, n_total, n_iterations)
 
     def forward(

@@ -250,3 +250,12 @@ def test_koleo_fp16_duplicates_are_finite() -> None:
 def test_koleo_needs_two_samples() -> None:
     with pytest.raises(ValueError, match="koleo_loss_weight"):
         KoLeoLoss()(torch.randn(1, 8))
+
+
+def test_init_weights_resets_a_materialised_center() -> None:
+    for loss in (DINOLoss(5), iBOTPatchLoss(5)):
+        loss.center.fill_(float("nan"))  # what to_empty() after a meta-device build may leave
+        loss.update_center(torch.randn(1, 3, 5) if isinstance(loss, iBOTPatchLoss) else torch.randn(3, 5))
+        loss.init_weights()
+        assert loss.updated
+        assert torch.count_nonzero(loss.center) == 0
