@@ -259,3 +259,23 @@ def test_init_weights_resets_a_materialised_center() -> None:
         loss.init_weights()
         assert loss.updated
         assert torch.count_nonzero(loss.center) == 0
+
+
+def test_losses_on_test_device_match_cpu(device: torch.device) -> None:
+    """Device-agnostic: the same values on DINOV2_TEST_DEVICE (CPU by default) as on CPU (float64 where kept)."""
+    torch.manual_seed(0)
+    s, t = torch.randn(6, 16), torch.randn(6, 16)
+    masks = torch.rand(3, 4) > 0.5
+    m = int(masks.sum())
+    dino_dev, dino_cpu = DINOLoss(16).to(device), DINOLoss(16).double()
+    targets_dev = dino_dev.sinkhorn_knopp_teacher(t.to(device).half(), 0.05)
+    targets_cpu = dino_cpu.sinkhorn_knopp_teacher(t.half().double(), 0.05)
+    torch.testing.assert_close(targets_dev.cpu(), targets_cpu, rtol=1e-4, atol=1e-6)  # both float32
+    got = dino_dev([s.to(device).half()], [targets_dev])
+    expected = dino_cpu([s.half().double()], [targets_cpu])
+    assert got.item() == pytest.approx(expected.item(), rel=1e-4)
+    ibot = iBOTPatchLoss(16).to(device)
+    value = ibot.forward_masked(s[:m].to(device), t[:m].softmax(-1).to(device), masks.to(device))
+    assert value.device.type == device.type and torch.isfinite(value)
+    koleo = KoLeoLoss()(s.to(device).half())
+    assert koleo.item() == pytest.approx(KoLeoLoss()(s.half().double()).item(), rel=1e-4)
