@@ -445,51 +445,39 @@ def init_weights_vit_timm(module: nn.Module, name: str = "") -> None:
         module.reset_parameters()
 
 
-def _vit(
-    *, embed_dim: int, depth: int, num_heads: int, patch_size: int, num_register_tokens: int, **kwargs: object
-) -> DinoVisionTransformer:
-    return DinoVisionTransformer(
+def _vit(size: dict[str, int], patch_size: int, num_register_tokens: int, kwargs: dict) -> DinoVisionTransformer:
+    """The factories' shared body; caller kwargs override the size defaults (e.g. ``depth=2`` for a quick test)."""
+    vit_kwargs: dict[str, object] = dict(
         patch_size=patch_size,
-        embed_dim=embed_dim,
-        depth=depth,
-        num_heads=num_heads,
+        **size,
         mlp_ratio=4,
         block_fn=partial(NestedTensorBlock, attn_class=MemEffAttention),
         num_register_tokens=num_register_tokens,
-        **kwargs,
     )
+    vit_kwargs.update(kwargs)
+    return DinoVisionTransformer(**vit_kwargs)
 
 
 def vit_tiny(patch_size: int = 16, num_register_tokens: int = 0, **kwargs: object) -> DinoVisionTransformer:
     """ViT-Ti (D 192, 12 blocks, 3 heads): not released, a small model for CPU runs and tests."""
-    return _vit(
-        embed_dim=192, depth=12, num_heads=3, patch_size=patch_size, num_register_tokens=num_register_tokens, **kwargs
-    )
+    return _vit(dict(embed_dim=192, depth=12, num_heads=3), patch_size, num_register_tokens, kwargs)
 
 
 def vit_small(patch_size: int = 16, num_register_tokens: int = 0, **kwargs: object) -> DinoVisionTransformer:
     """ViT-S (D 384, 12 blocks, 6 heads)."""
-    return _vit(
-        embed_dim=384, depth=12, num_heads=6, patch_size=patch_size, num_register_tokens=num_register_tokens, **kwargs
-    )
+    return _vit(dict(embed_dim=384, depth=12, num_heads=6), patch_size, num_register_tokens, kwargs)
 
 
 def vit_base(patch_size: int = 16, num_register_tokens: int = 0, **kwargs: object) -> DinoVisionTransformer:
     """ViT-B (D 768, 12 blocks, 12 heads)."""
-    return _vit(
-        embed_dim=768, depth=12, num_heads=12, patch_size=patch_size, num_register_tokens=num_register_tokens, **kwargs
-    )
+    return _vit(dict(embed_dim=768, depth=12, num_heads=12), patch_size, num_register_tokens, kwargs)
 
 
 def vit_large(patch_size: int = 16, num_register_tokens: int = 0, **kwargs: object) -> DinoVisionTransformer:
     """ViT-L (D 1024, 24 blocks, 16 heads)."""
-    return _vit(
-        embed_dim=1024, depth=24, num_heads=16, patch_size=patch_size, num_register_tokens=num_register_tokens, **kwargs
-    )
+    return _vit(dict(embed_dim=1024, depth=24, num_heads=16), patch_size, num_register_tokens, kwargs)
 
 
 def vit_giant2(patch_size: int = 16, num_register_tokens: int = 0, **kwargs: object) -> DinoVisionTransformer:
     """ViT-g (D 1536, 40 blocks, 24 heads; head dim 64). The released weights use ``ffn_layer="swiglufused"``."""
-    return _vit(
-        embed_dim=1536, depth=40, num_heads=24, patch_size=patch_size, num_register_tokens=num_register_tokens, **kwargs
-    )
+    return _vit(dict(embed_dim=1536, depth=40, num_heads=24), patch_size, num_register_tokens, kwargs)
