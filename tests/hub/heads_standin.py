@@ -1,4 +1,7 @@
-"""A tiny stand-in for DinoVisionTransformer with the interface the hub heads use (tests only)."""
+"""A tiny stand-in for DinoVisionTransformer with the interface the hub heads use, and checkpoint helpers."""
+
+import json
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -53,3 +56,48 @@ class TinyBackbone(nn.Module):
         if return_class_token:
             return tuple(zip(patches, cls_tokens))
         return tuple(patches)
+
+
+CHECKPOINT_KEYS = Path(__file__).resolve().parents[1] / "data" / "checkpoint_keys"
+
+
+def released_backbone_shapes(name: str) -> dict[str, list[int]]:
+    """Keys and shapes of a released backbone checkpoint (``dinov2_vits14``, ``dinov2_vitg14_reg``, ...)."""
+    shapes = {}
+    for line in (CHECKPOINT_KEYS / f"{name}.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            key, shape = line.split(" ", 1)
+            shapes[key] = json.loads(shape.rsplit(" ", 1)[0])
+    return shapes
+
+
+def prefixed_shapes(model: nn.Module, prefix: str) -> dict[str, list[int]]:
+    """``{key without prefix: shape}`` of the state-dict entries under ``prefix``."""
+    return {k[len(prefix) :]: list(v.shape) for k, v in model.state_dict().items() if k.startswith(prefix)}
+
+
+def perturbed_state_dict(model: nn.Module, *, prefix: str = "") -> dict[str, torch.Tensor]:
+    """A state dict with the model's keys and values no fresh build would have (to prove they were loaded)."""
+    out = {}
+    for key, value in model.state_dict().items():
+        new = value.clone() if not value.is_floating_point() else torch.randn_like(value) + 3.0
+        out[prefix + key] = new
+    return out
+
+
+def write_backbone_checkpoint(checkpoint_dir: Path, model_name: str, full_name: str) -> dict[str, torch.Tensor]:
+    """Save a random backbone under its official file name in a torch.hub checkpoint folder."""
+    from dinov2.hub import backbones
+
+    model = getattr(backbones, model_name)(pretrained=False)
+    state_dict = perturbed_state_dict(model)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(state_dict, checkpoint_dir / f"{full_name}_pretrain.pth")
+    return state_dict
+
+
+def assert_state_dict_equal(module: nn.Module, expected: dict[str, torch.Tensor], *, prefix: str = "") -> None:
+    actual = module.state_dict()
+    assert sorted(actual) == sorted(k[len(prefix) :] for k in expected)
+    for key, value in expected.items():
+        torch.testing.assert_close(actual[key[len(prefix) :]], value, rtol=0, atol=0)

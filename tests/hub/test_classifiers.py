@@ -1,9 +1,16 @@
 import pytest
 import torch
 
+import dinov2.hub.classifiers as classifiers
 from dinov2.hub.classifiers import _LinearClassifierWrapper, _make_dinov2_linear_classification_head
 from dinov2.hub.imagenet_classes import IMAGENET1K_CLASS_NAMES
-from tests.hub.heads_standin import TinyBackbone
+from tests.hub.heads_standin import (
+    TinyBackbone,
+    assert_state_dict_equal,
+    prefixed_shapes,
+    released_backbone_shapes,
+    write_backbone_checkpoint,
+)
 
 
 @pytest.mark.parametrize(
@@ -59,3 +66,69 @@ def test_imagenet_class_names():
     # a few well-known ids of the ImageNet-1k (ILSVRC-2012) class list
     assert names[0] == "tench" and names[1] == "goldfish" and names[207] == "golden retriever"
     assert names[285] == "Egyptian cat" and names[409] == "analog clock" and names[999] == "toilet tissue"
+
+
+# --- hub entrypoints (need dinov2.hub.backbones) ---------------------------------------------------------------
+
+DIMS = {"s": 384, "b": 768, "l": 1024, "g": 1536}
+
+
+@pytest.mark.parametrize("size", ["b", "l", "g"])
+@pytest.mark.parametrize("reg", [False, True])
+def test_large_classifiers_build_on_meta_with_the_released_keys(size, reg):
+    name = f"dinov2_vit{size}14{'_reg' if reg else ''}"
+    with torch.device("meta"):
+        model = getattr(classifiers, f"{name}_lc")(pretrained=False)
+    assert prefixed_shapes(model, "linear_head.") == {"weight": [1000, 5 * DIMS[size]], "bias": [1000]}
+    assert prefixed_shapes(model, "backbone.") == released_backbone_shapes(name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("reg", "layers"), [(False, 4), (True, 1)])
+def test_small_classifiers_with_random_weights(reg, layers):
+    model = getattr(classifiers, f"dinov2_vits14{'_reg' if reg else ''}_lc")(layers=layers, pretrained=False).eval()
+    assert prefixed_shapes(model, "linear_head.") == {"weight": [1000, (1 + layers) * 384], "bias": [1000]}
+    with torch.inference_mode():
+        assert model(torch.randn(2, 3, 28, 42)).shape == (2, 1000)
+
+
+@pytest.fixture(scope="module")
+def hub_cache(tmp_path_factory):
+    """A TORCH_HOME holding (random) ViT-S/14 backbones, with and without registers, under their official names."""
+    root = tmp_path_factory.mktemp("torch_home")
+    folder = root / "hub" / "checkpoints"
+    plain = write_backbone_checkpoint(folder, "dinov2_vits14", "dinov2_vits14")
+    reg = write_backbone_checkpoint(folder, "dinov2_vits14_reg", "dinov2_vits14_reg4")
+    return root, {"": plain, "_reg": reg}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("reg", "layers", "file_name"),
+    [("", 1, "dinov2_vits14_linear_head.pth"), ("_reg", 4, "dinov2_vits14_reg4_linear4_head.pth")],
+)
+def test_pretrained_classifiers_load_official_head_files_from_the_hub_cache(
+    hub_cache, monkeypatch, reg, layers, file_name
+):
+    root, backbones = hub_cache
+    head_state = {"weight": torch.randn(1000, (1 + layers) * 384), "bias": torch.randn(1000)}
+    torch.save(head_state, root / "hub" / "checkpoints" / file_name)
+    monkeypatch.setenv("TORCH_HOME", str(root))
+    model = getattr(classifiers, f"dinov2_vits14{reg}_lc")(layers=layers, weights="IMAGENET1K")
+    assert_state_dict_equal(model.linear_head, head_state)
+    assert_state_dict_equal(model.backbone, backbones[reg])
+    x = torch.randn(1, 3, 28, 28)
+    with torch.inference_mode():
+        torch.testing.assert_close(model.eval()(x), model.linear_head(model.linear_input(x)))
+
+
+@pytest.mark.slow
+def test_head_file_with_wrong_shapes_is_an_error_naming_the_file(hub_cache, monkeypatch):
+    root, _ = hub_cache
+    torch.save(
+        {"weight": torch.randn(1000, 768), "bias": torch.randn(1000)},
+        root / "hub/checkpoints/dinov2_vits14_linear4_head.pth",
+    )
+    monkeypatch.setenv("TORCH_HOME", str(root))
+    with pytest.raises(RuntimeError, match="(?s)dinov2_vits14_linear4_head.pth.*size mismatch"):
+        classifiers.dinov2_vits14_lc(layers=4)

@@ -4,15 +4,24 @@ import numpy as np
 import pytest
 import torch
 
+import dinov2.hub.depthers as depthers
 from dinov2.hub._heads import extract_head_state_dict
 from dinov2.hub.depth import BNHead, DepthEncoderDecoder, DPTHead
+from dinov2.hub.depth.ops import center_pad
 from dinov2.hub.depthers import (
     Weights,
     _get_depth_range,
     _make_dinov2_dpt_depth_head,
     _make_dinov2_linear_depth_head,
 )
-from tests.hub.heads_standin import TinyBackbone
+from tests.hub.heads_standin import (
+    TinyBackbone,
+    assert_state_dict_equal,
+    perturbed_state_dict,
+    prefixed_shapes,
+    released_backbone_shapes,
+    write_backbone_checkpoint,
+)
 
 DIMS = {"s": 384, "b": 768, "l": 1024, "g": 1536}
 
@@ -206,3 +215,135 @@ def test_bad_head_arguments_raise_clear_errors():
         BNHead(classify=True, in_channels=[2], in_index=[0], channels=2)
     with pytest.raises(ValueError, match="readout_type"):
         DPTHead(in_channels=[8] * 4, channels=8, embed_dims=8, post_process_channels=[1, 2, 4, 8], readout_type="x")
+
+
+# --- hub entrypoints (need dinov2.hub.backbones) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", ["b", "l", "g"])
+@pytest.mark.parametrize("kind", ["ld", "dd"])
+def test_large_depthers_build_on_meta_with_the_released_keys(size, kind):
+    with torch.device("meta"):
+        model = getattr(depthers, f"dinov2_vit{size}14_{kind}")(pretrained=False)
+    D = DIMS[size]
+    expected_head = _expected_dpt_keys(D) if kind == "dd" else {
+        "conv_depth.weight": [256, 8 * D, 1, 1],
+        "conv_depth.bias": [256],
+    }  # fmt: skip
+    assert prefixed_shapes(model, "decode_head.") == expected_head
+    assert prefixed_shapes(model, "backbone.") == released_backbone_shapes(f"dinov2_vit{size}14")
+    assert model.out_index == {"b": [2, 5, 8, 11], "l": [4, 11, 17, 23], "g": [9, 19, 29, 39]}[size]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "kwargs"), [("dinov2_vits14_ld", {"layers": 1}), ("dinov2_vits14_reg_dd", {})])
+def test_small_depthers_with_random_weights_predict_at_any_size(name, kwargs):
+    model = getattr(depthers, name)(pretrained=False, **kwargs).eval()
+    reg = "_reg" in name
+    assert prefixed_shapes(model, "backbone.") == released_backbone_shapes(
+        "dinov2_vits14_reg" if reg else "dinov2_vits14"
+    )
+    with torch.inference_mode():
+        depth = model(torch.randn(2, 3, 30, 45))
+    assert depth.shape == (2, 1, 30, 45)
+    assert torch.all(depth >= 0.001 - 1e-6) and torch.all(depth <= 10.0 + 1e-6)
+
+
+@pytest.mark.parametrize("name", ["dinov2_vits14_dd", "dinov2_vits14_reg_ld"])
+def test_other_small_depthers_build_on_meta(name):
+    with torch.device("meta"):
+        model = getattr(depthers, name)(pretrained=False)
+    linear = {"conv_depth.weight": [256, 3072, 1, 1], "conv_depth.bias": [256]}
+    assert prefixed_shapes(model, "decode_head.") == (_expected_dpt_keys(384) if name.endswith("_dd") else linear)
+    assert prefixed_shapes(model, "backbone.") == released_backbone_shapes(name[: -len("_xd")])
+
+
+def test_register_depthers_have_no_pretrained_heads():
+    with pytest.raises(RuntimeError, match="No depth head weights were released for the register backbones"):
+        depthers.dinov2_vits14_reg_dd(pretrained=True)
+
+
+def test_layers_argument_is_checked():
+    with pytest.raises(ValueError, match="layers must be 1 or 4"):
+        depthers.dinov2_vits14_ld(layers=2, pretrained=False)
+
+
+@pytest.fixture(scope="module")
+def hub_cache(tmp_path_factory):
+    """A TORCH_HOME whose hub checkpoint folder holds a (random) ViT-S/14 backbone under its official name."""
+    root = tmp_path_factory.mktemp("torch_home")
+    backbone = write_backbone_checkpoint(root / "hub" / "checkpoints", "dinov2_vits14", "dinov2_vits14")
+    return root, backbone
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("entrypoint", "kwargs", "file_name", "max_depth"),
+    [
+        ("dinov2_vits14_ld", {"weights": "KITTI"}, "dinov2_vits14_kitti_linear4_head.pth", 80.0),
+        ("dinov2_vits14_ld", {"layers": 1}, "dinov2_vits14_nyu_linear_head.pth", 10.0),
+        ("dinov2_vits14_dd", {"weights": Weights.NYU}, "dinov2_vits14_nyu_dpt_head.pth", 10.0),
+    ],
+)
+def test_pretrained_depthers_load_official_head_files_from_the_hub_cache(
+    hub_cache, monkeypatch, entrypoint, kwargs, file_name, max_depth
+):
+    root, backbone_state = hub_cache
+    if entrypoint.endswith("_dd"):
+        template = _make_dinov2_dpt_depth_head(embed_dim=384, min_depth=0.001, max_depth=10.0)
+    else:
+        template = _make_dinov2_linear_depth_head(
+            embed_dim=384, layers=kwargs.get("layers", 4), min_depth=0.001, max_depth=10.0
+        )
+    head_state = perturbed_state_dict(template, prefix="decode_head.")
+    # mmcv layout: {"meta": ..., "state_dict": {"decode_head.*": ...}}
+    torch.save(
+        {"meta": {"mmcv_version": "1.5.0", "iter": 38400}, "state_dict": head_state},
+        root / "hub" / "checkpoints" / file_name,
+    )
+    monkeypatch.setenv("TORCH_HOME", str(root))
+    model = getattr(depthers, entrypoint)(pretrained=True, **kwargs)
+    assert_state_dict_equal(model.decode_head, head_state, prefix="decode_head.")
+    assert_state_dict_equal(model.backbone, backbone_state)
+    assert model.decode_head.max_depth == max_depth  # NYU heads predict up to 10 m, KITTI up to 80 m
+    with torch.inference_mode():
+        assert model.eval()(torch.randn(1, 3, 20, 31)).shape == (1, 1, 20, 31)
+
+
+@pytest.mark.slow
+def test_head_file_with_a_missing_key_is_an_error_naming_it(hub_cache, monkeypatch):
+    root, _ = hub_cache
+    template = _make_dinov2_dpt_depth_head(embed_dim=384, min_depth=0.001, max_depth=10.0)
+    head_state = perturbed_state_dict(template, prefix="decode_head.")
+    del head_state["decode_head.project.conv.bias"]
+    torch.save({"state_dict": head_state}, root / "hub" / "checkpoints" / "dinov2_vits14_kitti_dpt_head.pth")
+    monkeypatch.setenv("TORCH_HOME", str(root))
+    with pytest.raises(RuntimeError, match="(?s)dinov2_vits14_kitti_dpt_head.pth.*project.conv.bias"):
+        depthers.dinov2_vits14_dd(weights="KITTI")
+
+
+def test_center_pad_splits_the_padding_evenly():
+    x = torch.ones(1, 2, 15, 29)
+    padded = center_pad(x, 14)
+    assert padded.shape == (1, 2, 28, 42)
+    # 13 extra rows: 6 above, 7 below; 13 extra columns: 6 left, 7 right
+    torch.testing.assert_close(padded[:, :, 6:21, 6:35], x)
+    assert padded.sum() == x.sum()
+    assert center_pad(torch.ones(1, 1, 28, 14), 14).shape == (1, 1, 28, 14)
+
+
+def test_center_pad_matches_the_hub_center_padding():
+    from dinov2.hub.utils import CenterPadding
+
+    x = torch.randn(2, 3, 17, 40)
+    assert torch.equal(center_pad(x, 14), CenterPadding(14)(x))
+
+
+def test_a_head_can_be_trained_on_the_padded_features():
+    D = 16
+    head = _make_dinov2_dpt_depth_head(embed_dim=D, min_depth=0.001, max_depth=10.0)
+    backbone = TinyBackbone(embed_dim=D).requires_grad_(False)
+    model = DepthEncoderDecoder(backbone, head, out_index=[2, 5, 8, 11], patch_size=14)
+    model(torch.randn(1, 3, 20, 30)).mean().backward()  # no inference tensors in the way (unlike the reference hook)
+    assert head.conv_depth.head[0].weight.grad is not None
+    assert head.reassemble_blocks.readout_projects[0][0].weight.grad.abs().sum() > 0

@@ -1,11 +1,19 @@
 import pytest
 import torch
 
+import dinov2.hub.segmenters as segmenters
 from dinov2.hub.depth.ops import sliding_window_inference
 from dinov2.hub.segmentation import BNHead, SegmentationEncoderDecoder, colorize, get_class_names, get_palette
 from dinov2.hub.segmentation.encoder_decoder import resize_short_side
 from dinov2.hub.segmenters import _make_dinov2_linear_segmentation_head
-from tests.hub.heads_standin import TinyBackbone
+from tests.hub.heads_standin import (
+    TinyBackbone,
+    assert_state_dict_equal,
+    perturbed_state_dict,
+    prefixed_shapes,
+    released_backbone_shapes,
+    write_backbone_checkpoint,
+)
 
 DIMS = {"s": 384, "b": 768, "l": 1024, "g": 1536}
 
@@ -137,3 +145,60 @@ def test_class_names_and_palettes():
     assert tuple(colorize(torch.zeros(1, 1, dtype=torch.long), "ADE20K")[0, 0]) == (120, 120, 120)  # wall
     with pytest.raises(ValueError, match="Unknown segmentation dataset 'COCO'"):
         get_palette("COCO")
+
+
+# --- hub entrypoints (need dinov2.hub.backbones) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", ["b", "l", "g"])
+@pytest.mark.parametrize("mode", ["linear", "ms"])
+def test_large_segmenters_build_on_meta_with_the_released_keys(size, mode):
+    with torch.device("meta"):
+        model = getattr(segmenters, f"dinov2_vit{size}14_ls")(weights="ADE20K", mode=mode, pretrained=False)
+    channels = DIMS[size] * (1 if mode == "linear" else 4)
+    assert prefixed_shapes(model, "decode_head.") == _expected_bnhead_keys(channels, 150)
+    assert prefixed_shapes(model, "backbone.") == released_backbone_shapes(f"dinov2_vit{size}14")
+    depth = {"b": 12, "l": 24, "g": 40}[size]
+    assert model.out_index == list(range(depth - 4, depth))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("weights", "num_classes", "mode"), [("ADE20K", 150, "linear"), ("VOC2012", 21, "ms")])
+def test_small_segmenters_with_random_weights(weights, num_classes, mode):
+    model = segmenters.dinov2_vits14_ls(weights=weights, mode=mode, pretrained=False).eval()
+    released = {"linear": ((1.0,), False, 512, 512, 341), "ms": ((1.0, 1.32, 1.73, 2.28, 3.0), True, 640, 640, 320)}
+    assert (model.scales, model.flip, model.short_side, model.crop_size, model.stride) == released[mode]
+    model.scales, model.short_side, model.crop_size, model.stride = model.scales[:2], 28, 28, 28  # small and fast
+    with torch.inference_mode():
+        probs = model(torch.randn(1, 3, 30, 45))
+    assert probs.shape == (1, num_classes, 30, 45)
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(1, 30, 45))
+
+
+def test_segmenter_mode_is_checked():
+    with pytest.raises(ValueError, match="mode must be 'linear' or 'ms'"):
+        segmenters.dinov2_vits14_ls(mode="m2f", pretrained=False)
+
+
+@pytest.fixture(scope="module")
+def hub_cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("torch_home")
+    backbone = write_backbone_checkpoint(root / "hub" / "checkpoints", "dinov2_vits14", "dinov2_vits14")
+    return root, backbone
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("weights", "mode"), [("ADE20K", "linear"), ("VOC2012", "ms")])
+def test_pretrained_segmenters_load_official_head_files_from_the_hub_cache(hub_cache, monkeypatch, weights, mode):
+    root, backbone_state = hub_cache
+    num_classes = len(get_class_names(weights))
+    template = _make_dinov2_linear_segmentation_head(embed_dim=384, mode=mode, num_classes=num_classes)
+    head_state = perturbed_state_dict(template, prefix="decode_head.")
+    file_name = f"dinov2_vits14_{weights.lower()}_{mode}_head.pth"
+    torch.save(
+        {"meta": {"CLASSES": get_class_names(weights)}, "state_dict": head_state}, root / "hub/checkpoints" / file_name
+    )
+    monkeypatch.setenv("TORCH_HOME", str(root))
+    model = segmenters.dinov2_vits14_ls(weights=weights, mode=mode)
+    assert_state_dict_equal(model.decode_head, head_state, prefix="decode_head.")
+    assert_state_dict_equal(model.backbone, backbone_state)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .decode_heads import DepthBaseDecodeHead
-from .ops import resize, sliding_window_inference
+from .ops import center_pad, resize, sliding_window_inference
 
 __all__ = ["DepthEncoderDecoder", "add_prefix"]
 
@@ -45,16 +45,12 @@ class DepthEncoderDecoder(nn.Module):
         self.out_index = list(out_index) if out_index is not None else None
         self.norm = norm
         self.return_class_token = return_class_token
-        self.center_padding: nn.Module | None = None
-        if patch_size is not None:
-            from dinov2.hub.utils import CenterPadding
-
-            self.center_padding = CenterPadding(patch_size)
+        self.patch_size = patch_size
 
     def extract_feat(self, img: torch.Tensor) -> Sequence[Any]:
         """Backbone features for the head: per block ``(patch_map [B, D, h, w], cls [B, D])``."""
-        if self.center_padding is not None:
-            img = self.center_padding(img)  # [B, 3, H', W'] with H', W' multiples of the patch size
+        if self.patch_size is not None:
+            img = center_pad(img, self.patch_size)  # [B, 3, H', W'] with H', W' multiples of the patch size
         if self.out_index is None:
             return self.backbone(img)
         return self.backbone.get_intermediate_layers(

@@ -1,5 +1,6 @@
 """Tensor helpers shared by the depth and segmentation heads (mmcv-free)."""
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -56,3 +57,16 @@ def sliding_window_inference(
             preds[:, :, y1:y2, x1:x2] += predict(img[:, :, y1:y2, x1:x2])
             count[:, :, y1:y2, x1:x2] += 1
     return preds / count
+
+
+def center_pad(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero-pad the last two dims of ``x`` up to multiples of ``multiple``, half before and the rest after.
+
+    Same padding as ``dinov2.hub.utils.CenterPadding``, but without its ``inference_mode``, so gradients can
+    flow when a head is trained on top of the padded features.
+    """
+    pads: list[int] = []
+    for size in (x.shape[-1], x.shape[-2]):  # F.pad lists the last dim first
+        total = math.ceil(size / multiple) * multiple - size
+        pads += [total // 2, total - total // 2]
+    return F.pad(x, pads) if any(pads) else x  # [..., H', W']

@@ -6,7 +6,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from dinov2.hub.depth.ops import resize, sliding_window_inference
+from dinov2.hub.depth.ops import center_pad, resize, sliding_window_inference
 
 from .decode_heads import BNHead
 
@@ -50,12 +50,10 @@ class SegmentationEncoderDecoder(nn.Module):
         flip: bool = False,
     ) -> None:
         super().__init__()
-        from dinov2.hub.utils import CenterPadding
-
         self.backbone = backbone
         self.decode_head = decode_head
         self.out_index = list(out_index)
-        self.center_padding = CenterPadding(patch_size)
+        self.patch_size = patch_size
         self.align_corners = decode_head.align_corners
         self.mode = mode
         self.crop_size = crop_size
@@ -70,7 +68,7 @@ class SegmentationEncoderDecoder(nn.Module):
 
     def extract_feat(self, img: torch.Tensor) -> Sequence[torch.Tensor]:
         """Final-norm patch maps ``[B, D, h, w]`` of the ``out_index`` blocks of the padded image."""
-        padded = self.center_padding(img)  # [B, 3, H', W'], multiples of the patch size
+        padded = center_pad(img, self.patch_size)  # [B, 3, H', W'], multiples of the patch size
         return self.backbone.get_intermediate_layers(padded, n=self.out_index, reshape=True, norm=True)
 
     def encode_decode(self, img: torch.Tensor) -> torch.Tensor:
