@@ -11,7 +11,7 @@ NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 CASES = [
     ("depth_estimation.ipynb", {"HEAD_TYPE": "dpt", "HEAD_DATASET": "kitti", "SCALE_FACTOR": 0.25}),
     ("depth_estimation.ipynb", {"HEAD_TYPE": "linear4", "SCALE_FACTOR": 0.2}),
-    ("semantic_segmentation.ipynb", {"HEAD_TYPE": "ms", "HEAD_SCALE_COUNT": 2, "SHORT_SIDE": 112}),
+    ("semantic_segmentation.ipynb", {"HEAD_TYPE": "ms", "HEAD_SCALE_COUNT": 2, "SHORT_SIDE": 84}),
     ("semantic_segmentation.ipynb", {"HEAD_TYPE": "linear", "HEAD_DATASET": "ade20k", "SHORT_SIDE": 98}),
     ("features_pca.ipynb", {"IMAGE_SIZE": 112}),
 ]
