@@ -347,3 +347,17 @@ def test_a_head_can_be_trained_on_the_padded_features():
     model(torch.randn(1, 3, 20, 30)).mean().backward()  # no inference tensors in the way (unlike the reference hook)
     assert head.conv_depth.head[0].weight.grad is not None
     assert head.reassemble_blocks.readout_projects[0][0].weight.grad.abs().sum() > 0
+
+
+def test_simple_test_returns_one_numpy_map_per_image():
+    D = 16
+    head = _make_dinov2_linear_depth_head(embed_dim=D, layers=1, min_depth=0.001, max_depth=10.0)
+    model = DepthEncoderDecoder(TinyBackbone(embed_dim=D), head, out_index=[11], patch_size=14).eval()
+    with torch.inference_mode():
+        maps = model.simple_test(torch.randn(3, 3, 20, 24))
+    assert len(maps) == 3 and all(m.shape == (1, 20, 24) for m in maps)
+
+
+def test_weights_must_name_a_released_set():
+    with pytest.raises(ValueError, match="Unsupported weights 7; use one of \\['NYU', 'KITTI'\\]"):
+        _get_depth_range(True, 7)
