@@ -28,7 +28,7 @@ from dinov2.eval.utils import (
     evaluate,
     extract_features,
     get_model_device,
-    make_eval_data_loader,
+    make_inference_data_loader,
 )
 
 logger = logging.getLogger("dinov2")
@@ -253,7 +253,7 @@ def eval_knn(
     )
     logger.info("Train features created, shape %s.", tuple(train_features.shape))
 
-    val_dataloader = make_eval_data_loader(
+    val_dataloader = make_inference_data_loader(
         val_dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=device.type != "cpu"
     )
     num_classes = int(train_labels.max()) + 1

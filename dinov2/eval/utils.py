@@ -23,7 +23,7 @@ __all__ = [
     "ModelWithNormalize",
     "ModelWithIntermediateLayers",
     "DatasetWithIndex",
-    "make_eval_data_loader",
+    "make_inference_data_loader",
     "evaluate",
     "all_gather_and_flatten",
     "extract_features",
@@ -93,7 +93,7 @@ def autocast_context(device: torch.device, dtype: torch.dtype) -> AbstractContex
     return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32)
 
 
-def make_eval_data_loader(
+def make_inference_data_loader(
     dataset: Dataset,
     *,
     batch_size: int,
@@ -207,7 +207,7 @@ def extract_features(
     in host memory (for sets too large for the accelerator).
     """
     device = get_model_device(model)
-    data_loader = make_eval_data_loader(
+    data_loader = make_inference_data_loader(
         DatasetWithIndex(dataset),
         batch_size=batch_size,
         num_workers=num_workers,

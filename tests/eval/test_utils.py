@@ -9,7 +9,7 @@ from dinov2.eval.utils import (
     ModelWithNormalize,
     evaluate,
     extract_features,
-    make_eval_data_loader,
+    make_inference_data_loader,
 )
 
 
@@ -81,7 +81,7 @@ def test_evaluate_with_postprocessors_and_criterion():
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0], [0.0, 5.0]])
     targets = torch.tensor([0, 0, 0, 1])
     dataset = list(zip(logits, targets))
-    loader = make_eval_data_loader(dataset, batch_size=3, num_workers=0)
+    loader = make_inference_data_loader(dataset, batch_size=3, num_workers=0)
     metrics = {"m": build_topk_accuracy_metric(AccuracyAveraging.MEAN_ACCURACY, num_classes=2, ks=(1,))}
     post = {"m": lambda out, tgt: {"preds": out, "target": tgt}}
     stats, results = evaluate(Fixed(), loader, post, metrics, torch.device("cpu"), criterion=nn.CrossEntropyLoss())
@@ -92,6 +92,6 @@ def test_evaluate_with_postprocessors_and_criterion():
 def test_extract_features_reports_short_loader():
     from dinov2.eval.utils import DatasetWithIndex, extract_features_with_dataloader
 
-    loader = make_eval_data_loader(DatasetWithIndex(IndexDataset(3)), batch_size=2, num_workers=0)
+    loader = make_inference_data_loader(DatasetWithIndex(IndexDataset(3)), batch_size=2, num_workers=0)
     with pytest.raises(RuntimeError, match="got no feature"):
         extract_features_with_dataloader(Doubler(), loader, sample_count=5)
