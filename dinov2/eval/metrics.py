@@ -55,7 +55,10 @@ class Metric(nn.Module):
     """Minimal stateful metric: ``update`` accumulates sums in buffers, ``compute`` reduces them over ranks.
 
     Buffers follow ``.to(device)``, which is how ``evaluate`` moves metrics next to the model outputs.
+    ``sync_on_compute=False`` keeps the figure of this rank's data only (when every rank saw the whole set).
     """
+
+    sync_on_compute: bool = True
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
         raise NotImplementedError(f"{type(self).__name__} must implement update()")
@@ -69,7 +72,7 @@ class Metric(nn.Module):
 
     def _reduced(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum of ``tensor`` over all ranks (a copy, so compute() can be called twice without double counting)."""
-        return distributed.all_reduce(tensor.clone())
+        return distributed.all_reduce(tensor.clone()) if self.sync_on_compute else tensor.clone()
 
 
 class TopKAccuracy(Metric):
@@ -80,8 +83,11 @@ class TopKAccuracy(Metric):
     ``top_k`` larger than ``num_classes`` is clipped to ``num_classes`` (the reference errors out instead).
     """
 
-    def __init__(self, *, num_classes: int, top_k: int = 1, average: str = "micro") -> None:
+    def __init__(
+        self, *, num_classes: int, top_k: int = 1, average: str = "micro", sync_on_compute: bool = True
+    ) -> None:
         super().__init__()
+        self.sync_on_compute = sync_on_compute
         if average not in ("micro", "macro", "none"):
             raise ValueError(f"average={average!r} is not supported; use 'micro', 'macro' or 'none'")
         if num_classes < 1 or top_k < 1:
@@ -124,8 +130,9 @@ class ImageNetReaLAccuracy(Metric):
     are ignored, as in the reference.
     """
 
-    def __init__(self, *, num_classes: int, top_k: int = 1) -> None:
+    def __init__(self, *, num_classes: int, top_k: int = 1, sync_on_compute: bool = True) -> None:
         super().__init__()
+        self.sync_on_compute = sync_on_compute
         self.num_classes = num_classes
         self.top_k = min(top_k, num_classes)
         self.register_buffer("hits", torch.zeros((), dtype=torch.float64))
@@ -172,23 +179,46 @@ class MetricCollection(nn.Module):
             metric.reset()
 
 
-def build_metric(metric_type: MetricType, *, num_classes: int, ks: tuple[int, ...] | None = None) -> MetricCollection:
+def build_metric(
+    metric_type: MetricType,
+    *,
+    num_classes: int,
+    ks: tuple[int, ...] | None = None,
+    sync_on_compute: bool = True,
+) -> MetricCollection:
+    ks = (1, 5) if ks is None else ks
     if metric_type.accuracy_averaging is not None:
         return build_topk_accuracy_metric(
-            average_type=metric_type.accuracy_averaging, num_classes=num_classes, ks=(1, 5) if ks is None else ks
+            average_type=metric_type.accuracy_averaging,
+            num_classes=num_classes,
+            ks=ks,
+            sync_on_compute=sync_on_compute,
         )
     if metric_type == MetricType.IMAGENET_REAL_ACCURACY:
-        return build_topk_imagenet_real_accuracy_metric(num_classes=num_classes, ks=(1, 5) if ks is None else ks)
+        return build_topk_imagenet_real_accuracy_metric(num_classes=num_classes, ks=ks, sync_on_compute=sync_on_compute)
     raise ValueError(f"unknown metric type {metric_type!r}; expected one of {[str(m) for m in MetricType]}")
 
 
 def build_topk_accuracy_metric(
-    average_type: AccuracyAveraging, num_classes: int, ks: tuple[int, ...] = (1, 5)
+    average_type: AccuracyAveraging,
+    num_classes: int,
+    ks: tuple[int, ...] = (1, 5),
+    *,
+    sync_on_compute: bool = True,
 ) -> MetricCollection:
-    metrics = {f"top-{k}": TopKAccuracy(num_classes=num_classes, top_k=k, average=average_type.value) for k in ks}
+    metrics = {
+        f"top-{k}": TopKAccuracy(
+            num_classes=num_classes, top_k=k, average=average_type.value, sync_on_compute=sync_on_compute
+        )
+        for k in ks
+    }
     return MetricCollection(metrics)
 
 
-def build_topk_imagenet_real_accuracy_metric(num_classes: int, ks: tuple[int, ...] = (1, 5)) -> MetricCollection:
-    metrics = {f"top-{k}": ImageNetReaLAccuracy(num_classes=num_classes, top_k=k) for k in ks}
+def build_topk_imagenet_real_accuracy_metric(
+    num_classes: int, ks: tuple[int, ...] = (1, 5), *, sync_on_compute: bool = True
+) -> MetricCollection:
+    metrics = {
+        f"top-{k}": ImageNetReaLAccuracy(num_classes=num_classes, top_k=k, sync_on_compute=sync_on_compute) for k in ks
+    }
     return MetricCollection(metrics)
