@@ -1,4 +1,4 @@
-"""Submits the DINOv2 logistic regression evaluation to SLURM with submitit (flags: the eval's plus dinov2.run.submit's).
+"""Submits the DINOv2 logistic regression evaluation to SLURM with submitit (eval flags + submit flags).
 
     python -m dinov2.run.eval.log_regression --nodes 1 --ngpus 8 --config-file CFG --pretrained-weights CKPT \
         --output-dir DIR --train-dataset ... --val-dataset ...
