@@ -24,6 +24,7 @@ from dinov2.eval.setup import get_args_parser as get_setup_args_parser
 from dinov2.eval.setup import setup_and_build_model
 from dinov2.eval.utils import (
     ModelWithNormalize,
+    all_gather_and_flatten,
     autocast_context,
     evaluate,
     extract_features,
@@ -137,11 +138,11 @@ class KnnModule(nn.Module):
     def compute_neighbors(self, features_rank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Similarities and labels ``[B, max_k]`` of the nearest training samples over all ranks' chunks."""
         batch_size = features_rank.shape[0]
-        queries = distributed.all_gather_tensor(features_rank.contiguous())  # [W*B, D]
+        queries = all_gather_and_flatten(features_rank)  # [W*B, D]
         topk_sims, labels = self._topk_in_chunk(queries)  # [W*B, max_k]
         # Every rank scored every query against its chunk; keep this rank's queries from each chunk's answer.
-        all_sims = distributed.all_gather_tensor(topk_sims[None])  # [W, W*B, max_k]
-        all_labels = distributed.all_gather_tensor(labels[None])  # [W, W*B, max_k]
+        all_sims = all_gather_and_flatten(topk_sims[None])  # [W, W*B, max_k]
+        all_labels = all_gather_and_flatten(labels[None])  # [W, W*B, max_k]
         rows = slice(self.global_rank * batch_size, (self.global_rank + 1) * batch_size)
         cand_sims = all_sims[:, rows].permute(1, 0, 2).reshape(batch_size, -1)  # [B, W*max_k]
         cand_labels = all_labels[:, rows].permute(1, 0, 2).reshape(batch_size, -1)  # [B, W*max_k]

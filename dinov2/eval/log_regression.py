@@ -282,18 +282,11 @@ def sweep_C_values(
             logreg_model.n_iter,
             time.perf_counter() - start,
         )
-    scores = distributed.all_reduce(scores.to(_collective_device())).cpu()
+    scores = distributed.all_reduce(scores.to(distributed.get_collective_device())).cpu()
     best = int(torch.argmax(scores))
     best_C = C_values[best]
     logger.info("Best C: %.3g (selection top-1 %.2f%%)", best_C, 100.0 * scores[best])
     return {"best_C": best_C, "best_stats": float(scores[best]), "scores": scores.tolist()}
-
-
-def _collective_device() -> torch.device:
-    """Where a small tensor must live for an all-reduce: the accelerator when one is in use (NCCL), else CPU."""
-    if distributed.is_enabled() and torch.accelerator.is_available():
-        return torch.accelerator.current_accelerator()
-    return _CPU_DEVICE
 
 
 def _features_loader(features: torch.Tensor, labels: torch.Tensor, batch_size: int) -> DataLoader:

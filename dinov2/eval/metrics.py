@@ -72,7 +72,10 @@ class Metric(nn.Module):
 
     def _reduced(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum of ``tensor`` over all ranks (a copy, so compute() can be called twice without double counting)."""
-        return distributed.all_reduce(tensor.clone()) if self.sync_on_compute else tensor.clone()
+        if not self.sync_on_compute or not distributed.is_enabled():
+            return tensor.clone()
+        collective = tensor.to(distributed.get_collective_device(), copy=True)
+        return distributed.all_reduce(collective).to(tensor.device)
 
 
 class TopKAccuracy(Metric):

@@ -2,6 +2,7 @@
 
 import argparse
 import logging
+import os
 
 import torch
 from torch import nn
@@ -67,16 +68,34 @@ def build_model_for_eval(config, pretrained_weights: str | None, device: torch.d
     return model
 
 
+def _setup(args: argparse.Namespace):
+    """The training's setup for an eval run: config, process group (if launched so), logging, seeds, config.yaml."""
+    from dinov2 import distributed
+    from dinov2.logging import setup_logging
+    from dinov2.utils.config import get_cfg_from_args, write_config
+    from dinov2.utils.utils import fix_random_seeds, get_sha
+
+    config = get_cfg_from_args(args)  # also makes args.output_dir absolute
+    os.makedirs(args.output_dir, exist_ok=True)
+    distributed.enable(overwrite=True)
+    setup_logging(output=args.output_dir, level=logging.INFO)
+    fix_random_seeds(getattr(args, "seed", 0) + distributed.get_global_rank())
+    logger.info("git:\n  %s\n", get_sha())
+    logger.info("\n".join(f"{key}: {value}" for key, value in sorted(vars(args).items())))
+    if distributed.is_main_process():
+        write_config(config, args.output_dir)
+    return config
+
+
 def setup_and_build_model(args: argparse.Namespace) -> tuple[nn.Module, torch.dtype]:
     """Runs the training setup (config, logging, seeds, process group if launched so) and builds the teacher.
 
     On CPU the autocast dtype is float32: fp16/bf16 autocast there is slow and changes the features' numerics.
     """
     from dinov2 import distributed
-    from dinov2.utils.config import setup
 
     torch.backends.cudnn.benchmark = True
-    config = setup(args)
+    config = _setup(args)
     device = distributed.get_device()
     model = build_model_for_eval(config, args.pretrained_weights, device=device)
     autocast_dtype = get_autocast_dtype(config)

@@ -183,7 +183,7 @@ def evaluate(
         progress.step(i)
     stats: dict[str, float] = {}
     if criterion is not None:
-        total = distributed.all_reduce(torch.stack([loss_sum, loss_count]))
+        total = distributed.all_reduce(torch.stack([loss_sum, loss_count]).to(distributed.get_collective_device()))
         stats["loss"] = float(total[0] / total[1].clamp_min(1))
     logger.info("Averaged stats: %s", stats)
     return stats, {key: metric.compute() for key, metric in metrics.items()}
@@ -191,7 +191,10 @@ def evaluate(
 
 def all_gather_and_flatten(tensor_rank: torch.Tensor) -> torch.Tensor:
     """``[n, ...]`` on each rank -> ``[W * n, ...]`` in rank order (identity in one process)."""
-    return distributed.all_gather_tensor(tensor_rank.contiguous())
+    if not distributed.is_enabled():
+        return tensor_rank
+    gathered = distributed.all_gather_tensor(tensor_rank.contiguous().to(distributed.get_collective_device()))
+    return gathered.to(tensor_rank.device)
 
 
 def extract_features(
