@@ -85,3 +85,45 @@ class CosineScheduler:
         if it >= self.total_iters:
             return self.final_value
         return float(self.schedule[it])
+
+
+def load_pretrained_weights(model: nn.Module, pretrained_weights: str, checkpoint_key: str | None) -> None:
+    """Loads backbone weights from a path or URL into ``model``, failing loudly instead of leaving them random.
+
+    Takes ``state[checkpoint_key]`` when that key exists (e.g. ``"teacher"`` in the training's
+    ``teacher_checkpoint.pth``), strips leading ``module.``/``backbone.``/``_orig_mod.`` components, converts
+    chunked <-> flat block keys to the model's layout, then loads strictly: missing model keys and shape mismatches
+    raise a RuntimeError listing them; extra keys (heads of a full training checkpoint) are ignored and logged.
+    """
+    from dinov2.hub.utils import load_state_dict_from_url_or_path
+    from dinov2.models.checkpoint_filter import checkpoint_filter_fn, strip_prefixes
+
+    state_dict = load_state_dict_from_url_or_path(pretrained_weights)
+    if checkpoint_key is not None and checkpoint_key in state_dict:
+        logger.info(f"Take key {checkpoint_key} in provided checkpoint dict")
+        state_dict = state_dict[checkpoint_key]
+    state_dict = checkpoint_filter_fn(strip_prefixes(state_dict), model)
+    model_state = model.state_dict()
+    missing = [k for k in model_state if k not in state_dict]
+    if missing:
+        shown = ", ".join(missing[:20]) + (f", ... ({len(missing)} in all)" if len(missing) > 20 else "")
+        raise RuntimeError(
+            f"{pretrained_weights} lacks {len(missing)} keys of the model: {shown}. Check that the architecture "
+            "(arch, ffn_layer, num_register_tokens, layerscale) matches the checkpoint and that checkpoint_key "
+            f"({checkpoint_key!r}) selects the backbone"
+        )
+    mismatched = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in model_state.items()
+        if tuple(state_dict[k].shape) != tuple(v.shape)
+    ]
+    if mismatched:
+        raise RuntimeError(
+            f"{pretrained_weights} has tensors of the wrong shape: {'; '.join(mismatched[:10])}. For the released "
+            "weights build the model with img_size=518 and patch_size=14 (pos_embed has 1370 rows)"
+        )
+    unexpected = [k for k in state_dict if k not in model_state]
+    if unexpected:
+        logger.info(f"Ignoring {len(unexpected)} checkpoint keys that are not part of the model: {unexpected[:10]}")
+    model.load_state_dict({k: state_dict[k] for k in model_state}, strict=True)
+    logger.info(f"Pretrained weights found at {pretrained_weights} and loaded")
