@@ -34,6 +34,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--global-crops-size", type=int, default=224)
     parser.add_argument("--local-crops-size", type=int, default=98)
     parser.add_argument("--repeats", type=int, default=2, help="passes over the images per measurement")
+    parser.add_argument("--trials", type=int, default=3, help="alternating measurements; the best one is reported")
     return parser
 
 
@@ -141,28 +142,38 @@ def main(args: argparse.Namespace) -> None:
             n_tokens=n_tokens,
             mask_generator=MaskingGenerator(args.global_crops_size // 14, max_num_patches=n_tokens // 2),
         )
-        ours_loader = make_data_loader(
-            dataset=ours,
-            batch_size=args.batch_size,
-            num_workers=args.num_workers,
-            sampler_type=SamplerType.SHARDED_INFINITE,
-            collate_fn=collate,
-        )
         total = args.repeats * args.num_images
-        plain_sampler = RandomSampler(plain, num_samples=total + 2 * args.batch_size)  # one pass of workers
-        plain_loader = DataLoader(
-            plain, batch_size=args.batch_size, num_workers=args.num_workers, sampler=plain_sampler
-        )
 
-        results = {
-            "1 process": (time_in_process(ours, args.repeats), time_in_process(plain, args.repeats)),
+        def plain_loader() -> DataLoader:
+            sampler = RandomSampler(plain, num_samples=total + 2 * args.batch_size)  # workers start once
+            return DataLoader(plain, batch_size=args.batch_size, num_workers=args.num_workers, sampler=sampler)
+
+        def ours_loader() -> DataLoader:
+            return make_data_loader(
+                dataset=ours,
+                batch_size=args.batch_size,
+                num_workers=args.num_workers,
+                sampler_type=SamplerType.SHARDED_INFINITE,
+                collate_fn=collate,
+            )
+
+        measurements = {
+            "1 process": (lambda: time_in_process(ours, args.repeats), lambda: time_in_process(plain, args.repeats)),
             f"DataLoader, {args.num_workers} workers": (
-                time_loader(ours_loader, total),
-                time_loader(plain_loader, total),
+                lambda: time_loader(ours_loader(), total),
+                lambda: time_loader(plain_loader(), total),
             ),
         }
+        # Alternate ours and plain and keep each one's best trial: on a shared machine, noise only slows things down.
+        results = {name: [0.0, 0.0] for name in measurements}
+        for _ in range(args.trials):
+            for name, functions in measurements.items():
+                for k, function in enumerate(functions):
+                    results[name][k] = max(results[name][k], function())
     crops = f"2x{args.global_crops_size}^2 + {args.local_crops_number}x{args.local_crops_size}^2 crops"
-    print(f"multi-crop pipeline, {args.num_images} JPEGs 500x375, {crops}, {os.cpu_count()} CPUs")
+    print(
+        f"multi-crop pipeline, {args.num_images} JPEGs 500x375, {crops}, {os.cpu_count()} CPUs, best of {args.trials}"
+    )
     print(f"{'setting':<26}{'ours img/s':>12}{'plain img/s':>13}{'ours/plain':>12}")
     for name, (ours_rate, plain_rate) in results.items():
         print(f"{name:<26}{ours_rate:>12.1f}{plain_rate:>13.1f}{ours_rate / plain_rate:>12.2f}")
