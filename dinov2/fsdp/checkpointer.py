@@ -1,0 +1,266 @@
+"""Atomic, resharding checkpoints with ``torch.distributed.checkpoint`` (DCP), and the teacher export.
+
+Layout under ``<output_dir>/ckpt/``::
+
+    0001249/                  a complete checkpoint (iteration 1249)
+        .metadata             DCP index (model + optimizer, any world size can load it)
+        __<rank>_0.distcp     DCP shards, one file per saving rank
+        extra_rank_<r>.pt     per-rank picklable state: iteration, RNG states, whatever the caller adds
+        checkpoint.json       {"iteration": ..., "world_size": ...}
+    tmp_0002499/              a save in progress (or interrupted): ignored, removed by the next save
+
+A save writes everything into ``tmp_<iteration>``, waits for every rank, then rank 0 renames the folder to its
+final name, so a crash at any point leaves the previous checkpoint intact and :meth:`Checkpointer.latest` never
+returns a partial one. The folder must be on a file system shared by all ranks.
+"""
+
+import contextlib
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
+
+from dinov2 import distributed
+
+__all__ = ["Checkpointer", "capture_rng_state", "restore_rng_state", "save_teacher_checkpoint"]
+
+logger = logging.getLogger("dinov2")
+
+_COMPLETE_NAME = re.compile(r"^\d+$")
+_META_FILE = "checkpoint.json"
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """RNG states of python ``random``, numpy, torch CPU and the current accelerator (if any) of this process."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.accelerator.is_available():
+        accelerator = torch.accelerator.current_accelerator()
+        state["accelerator"] = (accelerator.type, torch.get_device_module(accelerator).get_rng_state())
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`; an accelerator state saved on another device type is skipped."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    saved = state.get("accelerator")
+    if saved is not None and torch.accelerator.is_available():
+        accelerator = torch.accelerator.current_accelerator()
+        if accelerator.type == saved[0]:
+            torch.get_device_module(accelerator).set_rng_state(saved[1])
+
+
+def _reseed_for_rank(rank: int) -> None:
+    """Derives fresh, rank-distinct seeds from the current torch stream (used when ranks share a restored state)."""
+    draw = int(torch.randint(0, 2**62, (1,)).item())
+    seed = (draw ^ (rank * 0x9E3779B97F4A7C15)) % (2**63)
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+    random.seed(seed)
+
+
+@contextlib.contextmanager
+def _single_process_dcp() -> Iterator[bool]:
+    """Yields DCP's ``no_dist`` flag; in a single process DCP warns about it although that is our intent."""
+    no_dist = not distributed.is_enabled()
+    with warnings.catch_warnings():
+        if no_dist:
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        yield no_dist
+
+
+def _fsync_dir(path: Path) -> None:
+    """Makes a rename durable (best effort: some file systems refuse to open directories)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class Checkpointer:
+    """Saves and restores model + optimizer (DCP, reshardable) plus per-rank extras, keeping the newest few.
+
+    Every rank must call :meth:`save` and :meth:`load` (they are collective when a process group exists).
+    Resume rules for the per-rank extras (RNG states included): with the same world size each rank gets its own
+    back; with a different one, rank ``r`` gets those of rank ``r % old_world_size``, and ranks ``r >=
+    old_world_size`` then re-seed their RNGs from that state and their rank, so no two ranks share a stream.
+    """
+
+    def __init__(self, output_dir: str | Path, *, max_to_keep: int = 3) -> None:
+        if not isinstance(max_to_keep, int) or max_to_keep < 0:
+            raise ValueError(f"max_to_keep must be an int >= 0 (0 keeps every checkpoint), got {max_to_keep!r}")
+        self.directory = Path(output_dir) / "ckpt"
+        self.max_to_keep = max_to_keep
+
+    # -- queries --------------------------------------------------------------------------------------------------
+
+    def complete_checkpoints(self) -> list[Path]:
+        """Complete checkpoints, oldest first (in-progress ``tmp_*`` folders are ignored)."""
+        if not self.directory.is_dir():
+            return []
+        found = [
+            path
+            for path in self.directory.iterdir()
+            if _COMPLETE_NAME.match(path.name) and (path / _META_FILE).is_file() and (path / ".metadata").is_file()
+        ]
+        return sorted(found, key=lambda path: int(path.name))
+
+    def latest(self) -> Path | None:
+        """The newest complete checkpoint, or None."""
+        complete = self.complete_checkpoints()
+        return complete[-1] if complete else None
+
+    # -- save -----------------------------------------------------------------------------------------------------
+
+    def save(
+        self,
+        iteration: int,
+        *,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> Path:
+        """Writes checkpoint ``<dir>/<iteration:07d>`` atomically and prunes old ones; returns its path.
+
+        ``extra`` (picklable, per rank) is stored with ``iteration`` and this rank's RNG states; a grad scaler's
+        ``state_dict()``, the data position or loss centers kept outside the model belong there.
+        """
+        if iteration < 0:
+            raise ValueError(f"iteration must be >= 0, got {iteration}")
+        if extra is not None and not isinstance(extra, dict):
+            raise TypeError(f"extra must be a dict of picklable values, got {type(extra).__name__}")
+        rank, world_size = distributed.get_global_rank(), distributed.get_global_size()
+        final = self.directory / f"{iteration:07d}"
+        tmp = self.directory / f"tmp_{iteration:07d}"
+        if rank == 0:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            for stale in self.directory.glob("tmp_*"):  # left by an interrupted save
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp.mkdir()
+        distributed.barrier()
+
+        with _single_process_dcp() as no_dist:
+            dcp.save(self._state_dict(model, optimizer), checkpoint_id=tmp, no_dist=no_dist)
+        rank_extra = {**(extra or {}), "iteration": iteration, "rng": capture_rng_state()}
+        torch.save(rank_extra, tmp / f"extra_rank_{rank}.pt")
+        if rank == 0:
+            (tmp / _META_FILE).write_text(json.dumps({"iteration": iteration, "world_size": world_size}))
+        distributed.barrier()  # every rank's files are written
+
+        if rank == 0:
+            self._publish(tmp, final)
+            self._prune()
+        distributed.barrier()  # nobody reads the folder before it has its final name
+        logger.info("saved checkpoint %s", final)
+        return final
+
+    @staticmethod
+    def _state_dict(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
+        if optimizer is None:
+            return {"model": get_model_state_dict(model)}
+        model_state, optimizer_state = get_state_dict(model, optimizer)
+        return {"model": model_state, "optimizer": optimizer_state}
+
+    @staticmethod
+    def _publish(tmp: Path, final: Path) -> None:
+        """Renames the finished folder into place; an older one with the same name is replaced, not merged."""
+        trash = final.with_name(f"tmp_replaced_{final.name}")
+        if final.exists():
+            os.replace(final, trash)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def _prune(self) -> None:
+        if self.max_to_keep == 0:
+            return
+        for old in self.complete_checkpoints()[: -self.max_to_keep]:
+            shutil.rmtree(old, ignore_errors=True)
+            logger.info("removed old checkpoint %s", old)
+
+    # -- load -----------------------------------------------------------------------------------------------------
+
+    def load(
+        self,
+        path: str | Path,
+        *,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        restore_rng: bool = True,
+    ) -> dict[str, Any]:
+        """Loads model (and optimizer) state in place, resharding to the current world size, restores this rank's
+        RNG states (unless ``restore_rng`` is False) and returns its extras (``iteration``, ``rng``, the caller's).
+        """
+        path = Path(path)
+        if not (path / _META_FILE).is_file() or not (path / ".metadata").is_file():
+            latest = self.latest()
+            raise FileNotFoundError(
+                f"{path} is not a complete checkpoint (no {_META_FILE} or .metadata); "
+                f"the newest complete one here is {latest}"
+            )
+        meta = json.loads((path / _META_FILE).read_text())
+        state = self._state_dict(model, optimizer)
+        with _single_process_dcp() as no_dist:
+            dcp.load(state, checkpoint_id=path, no_dist=no_dist)
+        if optimizer is None:
+            set_model_state_dict(model, state["model"])
+        else:
+            set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+
+        rank, old_world_size = distributed.get_global_rank(), int(meta["world_size"])
+        source_rank = rank % old_world_size
+        # Our own file: it holds numpy RNG arrays and python tuples, which weights_only loading refuses.
+        extra = torch.load(path / f"extra_rank_{source_rank}.pt", map_location="cpu", weights_only=False)
+        if restore_rng:
+            restore_rng_state(extra["rng"])
+            if rank >= old_world_size:
+                _reseed_for_rank(rank)
+        if old_world_size != distributed.get_global_size():
+            logger.info(
+                "resumed %s saved by %d ranks on %d ranks (extras of rank %d used here)",
+                path,
+                old_world_size,
+                distributed.get_global_size(),
+                source_rank,
+            )
+        return extra
+
+
+def save_teacher_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor]) -> None:
+    """Rank 0 writes ``{"teacher": state_dict}`` to ``path`` atomically (temporary file + rename), the format the
+    eval scripts load with ``checkpoint_key="teacher"``. Other ranks do nothing."""
+    if not distributed.is_main_process():
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({"teacher": {key: value.detach().cpu() for key, value in state_dict.items()}}, tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,166 @@
+"""Single-process behaviour of the DCP Checkpointer: round trip, atomicity, pruning, RNG, teacher export."""
+
+import random
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from dinov2.fsdp.checkpointer import Checkpointer, save_teacher_checkpoint
+
+_ROOT = Path(__file__).resolve().parents[2]
+
+
+class _Model(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+        self.register_buffer("center", torch.zeros(1, 3))
+
+
+def _trained(seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(seed)
+    model = _Model()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model.linear(torch.randn(2, 4)).square().sum().backward()
+    optimizer.step()
+    model.center.add_(seed)
+    return model, optimizer
+
+
+class _FailsWhenPickled:
+    def __reduce__(self):
+        raise RuntimeError("disk full (simulated)")
+
+
+def test_round_trip_model_optimizer_extra(tmp_path: Path) -> None:
+    model, optimizer = _trained(1)
+    checkpointer = Checkpointer(tmp_path)
+    path = checkpointer.save(7, model=model, optimizer=optimizer, extra={"scaler": {"scale": 1024.0}})
+    assert path == tmp_path / "ckpt" / "0000007" and checkpointer.latest() == path
+
+    fresh, fresh_optimizer = _Model(), None
+    fresh_optimizer = torch.optim.AdamW(fresh.parameters(), lr=0.5)
+    extra = checkpointer.load(path, model=fresh, optimizer=fresh_optimizer)
+    assert extra["iteration"] == 7 and extra["scaler"] == {"scale": 1024.0}
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(fresh.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    saved, loaded = optimizer.state_dict(), fresh_optimizer.state_dict()
+    assert loaded["param_groups"][0]["lr"] == 0.1
+    for index, entries in saved["state"].items():
+        for name, value in entries.items():
+            torch.testing.assert_close(loaded["state"][index][name], value, rtol=0, atol=0)
+
+
+def test_model_only_and_missing_checkpoint(tmp_path: Path) -> None:
+    model, _ = _trained(2)
+    checkpointer = Checkpointer(tmp_path)
+    assert checkpointer.latest() is None
+    path = checkpointer.save(0, model=model)
+    fresh = _Model()
+    checkpointer.load(path, model=fresh)
+    assert torch.equal(fresh.linear.weight, model.linear.weight)
+    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+        checkpointer.load(tmp_path / "ckpt" / "0000099", model=fresh)
+
+
+def test_rng_states_restored(tmp_path: Path) -> None:
+    model, _ = _trained(3)
+    checkpointer = Checkpointer(tmp_path)
+    torch.manual_seed(5), np.random.seed(5), random.seed(5)
+    checkpointer.save(1, model=model)
+    expected = (torch.rand(2), np.random.rand(2), random.random())
+    torch.manual_seed(9), np.random.seed(9), random.seed(9)
+    checkpointer.load(checkpointer.latest(), model=model)
+    assert torch.equal(torch.rand(2), expected[0])
+    assert np.array_equal(np.random.rand(2), expected[1]) and random.random() == expected[2]
+
+
+def test_max_to_keep_prunes_oldest(tmp_path: Path) -> None:
+    model, _ = _trained(4)
+    checkpointer = Checkpointer(tmp_path, max_to_keep=2)
+    for iteration in (10, 20, 30):
+        checkpointer.save(iteration, model=model)
+    names = sorted(path.name for path in (tmp_path / "ckpt").iterdir())
+    assert names == ["0000020", "0000030"]
+    keep_all = Checkpointer(tmp_path, max_to_keep=0)
+    for iteration in (40, 50, 60):
+        keep_all.save(iteration, model=model)
+    assert len(keep_all.complete_checkpoints()) == 5
+    with pytest.raises(ValueError, match="max_to_keep"):
+        Checkpointer(tmp_path, max_to_keep=-1)
+
+
+def test_failed_save_keeps_previous_checkpoint(tmp_path: Path) -> None:
+    model, _ = _trained(5)
+    checkpointer = Checkpointer(tmp_path, max_to_keep=1)
+    good = checkpointer.save(1, model=model)
+    with pytest.raises(RuntimeError, match="disk full"):
+        checkpointer.save(2, model=model, extra={"bomb": _FailsWhenPickled()})
+    assert (tmp_path / "ckpt" / "tmp_0000002" / ".metadata").exists()  # DCP part was written
+    assert checkpointer.latest() == good
+    fresh = _Model()
+    checkpointer.load(checkpointer.latest(), model=fresh)
+    assert torch.equal(fresh.linear.weight, model.linear.weight)
+    checkpointer.save(3, model=model)  # the next save clears the leftover
+    assert sorted(path.name for path in (tmp_path / "ckpt").iterdir()) == ["0000003"]
+
+
+def test_resaving_same_iteration_replaces_it(tmp_path: Path) -> None:
+    checkpointer = Checkpointer(tmp_path)
+    first, _ = _trained(6)
+    second, _ = _trained(7)
+    checkpointer.save(5, model=first)
+    checkpointer.save(5, model=second)
+    fresh = _Model()
+    checkpointer.load(checkpointer.latest(), model=fresh)
+    assert torch.equal(fresh.linear.weight, second.linear.weight)
+    assert [path.name for path in (tmp_path / "ckpt").iterdir()] == ["0000005"]
+
+
+@pytest.mark.slow
+def test_sigkill_during_save_leaves_previous_loadable(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import os, signal, sys, torch
+        sys.path.insert(0, {str(_ROOT)!r})
+        from dinov2.fsdp.checkpointer import Checkpointer
+
+        class KillWhenPickled:
+            def __reduce__(self):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 3)
+        checkpointer = Checkpointer({str(tmp_path)!r})
+        checkpointer.save(1, model=model)
+        torch.save(model.state_dict(), {str(tmp_path / "expected.pt")!r})
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        checkpointer.save(2, model=model, extra={{"bomb": KillWhenPickled()}})
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert result.returncode == -9, result.stderr.decode()
+    checkpointer = Checkpointer(tmp_path)
+    assert (tmp_path / "ckpt" / "tmp_0000002").is_dir()
+    assert checkpointer.latest() == tmp_path / "ckpt" / "0000001"
+    model = nn.Linear(4, 3)
+    assert checkpointer.load(checkpointer.latest(), model=model)["iteration"] == 1
+    expected = torch.load(tmp_path / "expected.pt")
+    assert torch.equal(model.weight, expected["weight"])
+
+
+def test_save_teacher_checkpoint_format(tmp_path: Path) -> None:
+    state = {"backbone.cls_token": torch.randn(1, 1, 8), "dino_head.mlp.0.weight": torch.randn(4, 8)}
+    path = tmp_path / "eval" / "training_9" / "teacher_checkpoint.pth"
+    save_teacher_checkpoint(path, state)
+    loaded = torch.load(path, weights_only=True)
+    assert list(loaded) == ["teacher"] and loaded["teacher"].keys() == state.keys()
+    assert all(torch.equal(loaded["teacher"][key], value) for key, value in state.items())
+    assert [p.name for p in path.parent.iterdir()] == ["teacher_checkpoint.pth"]  # no temporary file left
