@@ -22,7 +22,7 @@ import random
 import re
 import shutil
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,22 @@ def _single_process_dcp() -> Iterator[bool]:
         if no_dist:
             warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
         yield no_dist
+
+
+def _on_all_ranks(step: str, fn: Callable[[], None] | None) -> None:
+    """Runs ``fn`` (if any) on this rank, then raises on every rank if it failed on any, so that one rank's
+    failure (a full disk, a bad extra) never leaves the others waiting forever in a later barrier."""
+    error = None
+    if fn is not None:
+        try:
+            fn()
+        except Exception as exc:  # re-raised below, after the other ranks have heard of it
+            error = exc
+    failures = [item for item in distributed.all_gather_object(None if error is None else repr(error)) if item]
+    if error is not None:
+        raise error
+    if failures:
+        raise RuntimeError(f"checkpoint step {step!r} failed on another rank: {failures[0]}")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -160,25 +176,28 @@ class Checkpointer:
         rank, world_size = distributed.get_global_rank(), distributed.get_global_size()
         final = self.directory / f"{iteration:07d}"
         tmp = self.directory / f"tmp_{iteration:07d}"
-        if rank == 0:
+
+        def prepare() -> None:
             self.directory.mkdir(parents=True, exist_ok=True)
             for stale in self.directory.glob("tmp_*"):  # left by an interrupted save
                 shutil.rmtree(stale, ignore_errors=True)
             tmp.mkdir()
-        distributed.barrier()
 
-        with _single_process_dcp() as no_dist:
-            dcp.save(self._state_dict(model, optimizer), checkpoint_id=tmp, no_dist=no_dist)
-        rank_extra = {**(extra or {}), "iteration": iteration, "rng": capture_rng_state()}
-        torch.save(rank_extra, tmp / f"extra_rank_{rank}.pt")
-        if rank == 0:
-            (tmp / _META_FILE).write_text(json.dumps({"iteration": iteration, "world_size": world_size}))
-        distributed.barrier()  # every rank's files are written
+        def write_extra() -> None:
+            rank_extra = {**(extra or {}), "iteration": iteration, "rng": capture_rng_state()}
+            torch.save(rank_extra, tmp / f"extra_rank_{rank}.pt")
+            if rank == 0:
+                (tmp / _META_FILE).write_text(json.dumps({"iteration": iteration, "world_size": world_size}))
 
-        if rank == 0:
+        def publish() -> None:
             self._publish(tmp, final)
             self._prune()
-        distributed.barrier()  # nobody reads the folder before it has its final name
+
+        _on_all_ranks("prepare", prepare if rank == 0 else None)
+        with _single_process_dcp() as no_dist:  # DCP itself raises on every rank if one fails
+            dcp.save(self._state_dict(model, optimizer), checkpoint_id=tmp, no_dist=no_dist)
+        _on_all_ranks("write extras", write_extra)
+        _on_all_ranks("publish", publish if rank == 0 else None)  # nobody reads the folder before its rename
         logger.info("saved checkpoint %s", final)
         return final
 

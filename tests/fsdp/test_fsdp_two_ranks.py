@@ -31,6 +31,11 @@ class TinyNet(nn.Module):
         return self.embed(x)
 
 
+class _FailsWhenPickled:
+    def __reduce__(self):
+        raise RuntimeError("disk full (simulated)")
+
+
 def _batch(rank: int) -> torch.Tensor:
     return torch.randn(4, 6, generator=torch.Generator().manual_seed(100 + rank))  # [B, 6]
 
@@ -112,9 +117,16 @@ def _two_rank_worker(rank: int, ckpt_in: str, ckpt_out: str, expected_in: str, e
     torch.testing.assert_close(model.features(x), reference.features(x), rtol=1e-5, atol=1e-6)
 
     # 2 ranks -> (parent) 1 process.
-    Checkpointer(ckpt_out).save(2, model=model, optimizer=optimizer, extra={"rank": rank})
+    checkpointer_out = Checkpointer(ckpt_out)
+    checkpointer_out.save(2, model=model, optimizer=optimizer, extra={"rank": rank})
     if rank == 0:
         torch.save({"model": reference.state_dict(), "optimizer": ref_optimizer.state_dict()}, expected_out)
+
+    # A failure on one rank raises on both (no rank is left hanging) and keeps the previous checkpoint.
+    bomb = _FailsWhenPickled() if rank == 1 else None
+    with pytest.raises(RuntimeError, match="disk full" if rank == 1 else "failed on another rank"):
+        checkpointer_out.save(3, model=model, optimizer=optimizer, extra={"bomb": bomb})
+    assert checkpointer_out.latest() == Path(ckpt_out) / "ckpt" / "0000002"
 
 
 @pytest.mark.slow
