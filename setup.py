@@ -25,7 +25,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["dinov2", "dinov2.*"]),
-    package_data={"": ["*.yaml"]},
+    package_data={"": ["*.yaml"], "dinov2.configs": ["train/*.yaml", "eval/*.yaml"]},
     install_requires=_requirements("requirements.txt"),
     extras_require={
         "dev": _requirements("requirements-dev.txt"),

@@ -37,4 +37,5 @@ def as_torch_dtype(dtype: TypeSpec) -> torch.dtype:
     try:
         return _NAME_TO_DTYPE[name]
     except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; expected a torch dtype or one of {sorted(_NAME_TO_DTYPE)}") from None
+        choices = sorted(_NAME_TO_DTYPE)
+        raise ValueError(f"unknown dtype {dtype!r}; expected a torch dtype or one of {choices}") from None

@@ -39,3 +39,91 @@ def get_sha() -> str:
 def has_batchnorms(model: nn.Module) -> bool:
     bn_types = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
     return any(isinstance(module, bn_types) for module in model.modules())
+
+
+class CosineScheduler:
+    """A per-iteration schedule, precomputed: ``freeze_iters`` zeros, a linear warmup from ``start_warmup_value``
+    to ``base_value`` (both ends included), then a cosine from ``base_value`` down (or up) towards ``final_value``.
+
+    ``scheduler[it]`` returns ``final_value`` for ``it >= total_iters``, so a run may step past its length.
+    """
+
+    def __init__(
+        self,
+        base_value: float,
+        final_value: float,
+        total_iters: int,
+        warmup_iters: int = 0,
+        start_warmup_value: float = 0,
+        freeze_iters: int = 0,
+    ) -> None:
+        total_iters, warmup_iters, freeze_iters = int(total_iters), int(warmup_iters), int(freeze_iters)
+        if min(total_iters, warmup_iters, freeze_iters) < 0:
+            raise ValueError(
+                f"iteration counts must be >= 0, got total_iters={total_iters}, warmup_iters={warmup_iters}, "
+                f"freeze_iters={freeze_iters}"
+            )
+        if warmup_iters + freeze_iters > total_iters:
+            raise ValueError(
+                f"warmup_iters ({warmup_iters}) + freeze_iters ({freeze_iters}) exceed total_iters ({total_iters}); "
+                "shorten the warmup (e.g. optim.warmup_epochs) or train longer (optim.epochs)"
+            )
+        self.final_value = final_value
+        self.total_iters = total_iters
+        freeze = np.zeros(freeze_iters)  # [freeze_iters]
+        warmup = np.linspace(start_warmup_value, base_value, warmup_iters)  # [warmup_iters]
+        n_cosine = total_iters - warmup_iters - freeze_iters
+        steps = np.arange(n_cosine)  # [n_cosine]
+        cosine = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * steps / max(n_cosine, 1)))
+        self.schedule = np.concatenate((freeze, warmup, cosine))  # [total_iters]
+        assert len(self.schedule) == self.total_iters
+
+    def __len__(self) -> int:
+        return self.total_iters
+
+    def __getitem__(self, it: int) -> float:
+        if it >= self.total_iters:
+            return self.final_value
+        return float(self.schedule[it])
+
+
+def load_pretrained_weights(model: nn.Module, pretrained_weights: str, checkpoint_key: str | None) -> None:
+    """Loads backbone weights from a path or URL into ``model``, failing loudly instead of leaving them random.
+
+    Takes ``state[checkpoint_key]`` when that key exists (e.g. ``"teacher"`` in the training's
+    ``teacher_checkpoint.pth``), strips leading ``module.``/``backbone.``/``_orig_mod.`` components, converts
+    chunked <-> flat block keys to the model's layout, then loads strictly: missing model keys and shape mismatches
+    raise a RuntimeError listing them; extra keys (heads of a full training checkpoint) are ignored and logged.
+    """
+    from dinov2.hub.utils import load_state_dict_from_url_or_path
+    from dinov2.models.checkpoint_filter import checkpoint_filter_fn, strip_prefixes
+
+    state_dict = load_state_dict_from_url_or_path(pretrained_weights)
+    if checkpoint_key is not None and checkpoint_key in state_dict:
+        logger.info(f"Take key {checkpoint_key} in provided checkpoint dict")
+        state_dict = state_dict[checkpoint_key]
+    state_dict = checkpoint_filter_fn(strip_prefixes(state_dict), model)
+    model_state = model.state_dict()
+    missing = [k for k in model_state if k not in state_dict]
+    if missing:
+        shown = ", ".join(missing[:20]) + (f", ... ({len(missing)} in all)" if len(missing) > 20 else "")
+        raise RuntimeError(
+            f"{pretrained_weights} lacks {len(missing)} keys of the model: {shown}. Check that the architecture "
+            "(arch, ffn_layer, num_register_tokens, layerscale) matches the checkpoint and that checkpoint_key "
+            f"({checkpoint_key!r}) selects the backbone"
+        )
+    mismatched = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in model_state.items()
+        if tuple(state_dict[k].shape) != tuple(v.shape)
+    ]
+    if mismatched:
+        raise RuntimeError(
+            f"{pretrained_weights} has tensors of the wrong shape: {'; '.join(mismatched[:10])}. For the released "
+            "weights build the model with img_size=518 and patch_size=14 (pos_embed has 1370 rows)"
+        )
+    unexpected = [k for k in state_dict if k not in model_state]
+    if unexpected:
+        logger.info(f"Ignoring {len(unexpected)} checkpoint keys that are not part of the model: {unexpected[:10]}")
+    model.load_state_dict({k: state_dict[k] for k in model_state}, strict=True)
+    logger.info(f"Pretrained weights found at {pretrained_weights} and loaded")

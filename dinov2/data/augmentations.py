@@ -1,0 +1,136 @@
+"""Multi-crop augmentation of DINOv2 pretraining (two global crops and ``local_crops_number`` local crops)."""
+
+import logging
+from collections.abc import Sequence
+
+import torch
+from PIL import Image
+from torchvision import transforms
+
+from .transforms import GaussianBlur, make_normalize_transform
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DataAugmentationDINO"]
+
+# The reference passes 1 - p to RandomApply, so its configured (1.0, 0.1, 0.5) become these effective values,
+# which the released checkpoints were trained with (README, "Differences from the reference").
+REFERENCE_GLOBAL_CROPS_1_BLUR_P = 0.0
+REFERENCE_GLOBAL_CROPS_2_BLUR_P = 0.9
+REFERENCE_LOCAL_CROPS_BLUR_P = 0.5
+
+
+def _check_scale(name: str, scale: Sequence[float]) -> tuple[float, float]:
+    scale = tuple(float(s) for s in scale)
+    if len(scale) != 2 or not 0.0 < scale[0] <= scale[1] <= 1.0:
+        raise ValueError(f"{name}={scale} must be two numbers with 0 < min <= max <= 1, e.g. (0.32, 1.0)")
+    return scale
+
+
+class DataAugmentationDINO:
+    """Turns one PIL image into the dict of crops the SSL meta-architecture consumes.
+
+    Returns ``{"global_crops": [g1, g2], "global_crops_teacher": [g1, g2], "local_crops": [l_1..l_n],
+    "offsets": ()}`` with tensors ``[3, G, G]`` and ``[3, L, L]``. The random draws happen in the reference's order
+    (crop 1: geometry, colour, blur; crop 2: geometry, colour, blur, solarise; then each local crop), so the same
+    torch seed gives the same crops as the reference when the blur probabilities are the defaults.
+
+    The three blur probabilities are honest probabilities; their defaults are the reference's *effective* values
+    0.0 / 0.9 / 0.5 (the reference meant 1.0 / 0.1 / 0.5 but inverted them).
+    """
+
+    def __init__(
+        self,
+        global_crops_scale: Sequence[float],
+        local_crops_scale: Sequence[float],
+        local_crops_number: int,
+        global_crops_size: int = 224,
+        local_crops_size: int = 96,
+        *,
+        global_crops_1_blur_p: float = REFERENCE_GLOBAL_CROPS_1_BLUR_P,
+        global_crops_2_blur_p: float = REFERENCE_GLOBAL_CROPS_2_BLUR_P,
+        local_crops_blur_p: float = REFERENCE_LOCAL_CROPS_BLUR_P,
+    ) -> None:
+        self.global_crops_scale = _check_scale("global_crops_scale", global_crops_scale)
+        self.local_crops_scale = _check_scale("local_crops_scale", local_crops_scale)
+        if int(local_crops_number) != local_crops_number or local_crops_number < 0:
+            raise ValueError(f"local_crops_number={local_crops_number} must be a non-negative integer")
+        for name, size in (("global_crops_size", global_crops_size), ("local_crops_size", local_crops_size)):
+            if int(size) != size or size <= 0:
+                raise ValueError(f"{name}={size} must be a positive integer number of pixels")
+        self.local_crops_number = int(local_crops_number)
+        self.global_crops_size = int(global_crops_size)
+        self.local_crops_size = int(local_crops_size)
+        blur_probabilities = (global_crops_1_blur_p, global_crops_2_blur_p, local_crops_blur_p)
+        self.blur_probabilities = tuple(float(p) for p in blur_probabilities)
+
+        logger.info("###################################")
+        logger.info("Using data augmentation parameters:")
+        logger.info("global_crops_scale: %s", self.global_crops_scale)
+        logger.info("local_crops_scale: %s", self.local_crops_scale)
+        logger.info("local_crops_number: %s", self.local_crops_number)
+        logger.info("global_crops_size: %s", self.global_crops_size)
+        logger.info("local_crops_size: %s", self.local_crops_size)
+        logger.info("blur probabilities (global 1, global 2, local): %s", self.blur_probabilities)
+        logger.info("###################################")
+
+        bicubic = transforms.InterpolationMode.BICUBIC
+        self.geometric_augmentation_global = transforms.Compose(
+            [
+                transforms.RandomResizedCrop(
+                    self.global_crops_size, scale=self.global_crops_scale, interpolation=bicubic
+                ),
+                transforms.RandomHorizontalFlip(p=0.5),
+            ]
+        )
+        self.geometric_augmentation_local = transforms.Compose(
+            [
+                transforms.RandomResizedCrop(
+                    self.local_crops_size, scale=self.local_crops_scale, interpolation=bicubic
+                ),
+                transforms.RandomHorizontalFlip(p=0.5),
+            ]
+        )
+        color_jittering = transforms.Compose(
+            [
+                transforms.RandomApply(
+                    [transforms.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8
+                ),
+                transforms.RandomGrayscale(p=0.2),
+            ]
+        )
+        self.normalize = transforms.Compose([transforms.ToTensor(), make_normalize_transform()])
+        blur_1, blur_2, blur_local = self.blur_probabilities
+        self.global_transfo1 = transforms.Compose([color_jittering, GaussianBlur(p=blur_1), self.normalize])
+        self.global_transfo2 = transforms.Compose(
+            [
+                color_jittering,
+                GaussianBlur(p=blur_2),
+                transforms.RandomSolarize(threshold=128, p=0.2),
+                self.normalize,
+            ]
+        )
+        self.local_transfo = transforms.Compose([color_jittering, GaussianBlur(p=blur_local), self.normalize])
+
+    def __call__(self, image: Image.Image) -> dict[str, list[torch.Tensor] | tuple]:
+        global_crop_1 = self.global_transfo1(self.geometric_augmentation_global(image))  # [3, G, G]
+        global_crop_2 = self.global_transfo2(self.geometric_augmentation_global(image))  # [3, G, G]
+        local_crops = [
+            self.local_transfo(self.geometric_augmentation_local(image))  # [3, L, L]
+            for _ in range(self.local_crops_number)
+        ]
+        global_crops = [global_crop_1, global_crop_2]
+        return {
+            "global_crops": global_crops,
+            "global_crops_teacher": global_crops,
+            "local_crops": local_crops,
+            "offsets": (),
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(global_crops_scale={self.global_crops_scale}, "
+            f"local_crops_scale={self.local_crops_scale}, local_crops_number={self.local_crops_number}, "
+            f"global_crops_size={self.global_crops_size}, local_crops_size={self.local_crops_size}, "
+            f"blur_p={self.blur_probabilities})"
+        )

@@ -1,0 +1,88 @@
+"""Images listed in a text file: one path per line, optionally followed by a tab and an integer label."""
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ._path_table import PathTable
+from .extended import ExtendedVisionDataset
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FileList"]
+
+
+def _read_list(path: Path) -> tuple[list[str], list[int]]:
+    paths, targets = [], []
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        for line_number, line in enumerate(f, start=1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            fields = line.split("\t")
+            if len(fields) > 2:
+                raise ValueError(f"{path}:{line_number}: expected 'path' or 'path<TAB>label', got {len(fields)} fields")
+            if len(fields) == 2:
+                try:
+                    targets.append(int(fields[1]))
+                except ValueError:
+                    raise ValueError(
+                        f"{path}:{line_number}: label {fields[1]!r} after the tab is not an integer"
+                    ) from None
+            else:
+                targets.append(-1)
+            paths.append(fields[0])
+    return paths, targets
+
+
+class FileList(ExtendedVisionDataset):
+    """The images named in ``path`` (a UTF-8 text file), in file order.
+
+    Each non-empty line is ``image_path`` or ``image_path<TAB>label`` (integer; -1 when absent). Relative image
+    paths are resolved against ``root`` when given, else against the list file's directory.
+    """
+
+    def __init__(
+        self,
+        *,
+        path: str | Path,
+        root: str | Path | None = None,
+        transforms: Callable | None = None,
+        transform: Callable | None = None,
+        target_transform: Callable | None = None,
+        strict: bool = False,
+    ) -> None:
+        list_path = Path(path)
+        if not list_path.is_file():
+            raise FileNotFoundError(f"FileList path={list_path} is not a file (one image path per line)")
+        root = list_path.resolve().parent if root is None else Path(root)
+        super().__init__(root, transforms, transform, target_transform, strict=strict)
+        self.list_path = str(list_path)
+        path_list, target_list = _read_list(list_path)
+        if not path_list:
+            raise ValueError(f"FileList {list_path} lists no images")
+        self._paths = PathTable.from_paths(path_list)
+        self._targets = np.asarray(target_list, dtype=np.int64)  # [N]
+        logger.info("FileList %s: %d images", list_path, len(path_list))
+
+    def get_image_path(self, index: int) -> str:
+        return os.path.join(self.root, self._paths[index])
+
+    def describe_sample(self, index: int) -> str:
+        return self.get_image_path(index)
+
+    def get_image_data(self, index: int) -> bytes:
+        with open(self.get_image_path(index), mode="rb") as f:
+            return f.read()
+
+    def get_target(self, index: int) -> int:
+        return int(self._targets[index])
+
+    def get_targets(self) -> np.ndarray:
+        return self._targets
+
+    def __len__(self) -> int:
+        return len(self._paths)

@@ -1,0 +1,151 @@
+"""torch.hub builders of the released DINOv2 backbones (ViT-S/B/L/g, patch 14, with and without registers)."""
+
+from enum import Enum
+from pathlib import Path
+
+from torch import nn
+
+from .utils import _DINOV2_BASE_URL, _is_url, _make_dinov2_model_name
+
+__all__ = [
+    "Weights",
+    "dinov2_vits14",
+    "dinov2_vitb14",
+    "dinov2_vitl14",
+    "dinov2_vitg14",
+    "dinov2_vits14_reg",
+    "dinov2_vitb14_reg",
+    "dinov2_vitl14_reg",
+    "dinov2_vitg14_reg",
+]
+
+
+class Weights(Enum):
+    LVD142M = "LVD142M"
+
+
+def _resolve_weights(weights: "Weights | str") -> Weights | str:
+    """A ``Weights`` member (by value or name) or a path/URL string to load instead of the released file."""
+    if isinstance(weights, Weights):
+        return weights
+    if not isinstance(weights, str):
+        raise TypeError(f"weights must be a Weights member, its name, a path or a URL; got {type(weights).__name__}")
+    if weights in Weights.__members__:
+        return Weights[weights]
+    if _is_url(weights):
+        return weights
+    if Path(weights).expanduser().is_file():
+        return weights
+    raise ValueError(
+        f"unsupported weights {weights!r}: use one of {list(Weights.__members__)}, an existing file path or a URL"
+    )
+
+
+def _make_dinov2_model(
+    *,
+    arch_name: str = "vit_large",
+    img_size: int = 518,
+    patch_size: int = 14,
+    init_values: float = 1.0,
+    ffn_layer: str = "mlp",
+    block_chunks: int = 0,
+    num_register_tokens: int = 0,
+    interpolate_antialias: bool = False,
+    interpolate_offset: float = 0.1,
+    pretrained: bool = True,
+    weights: Weights | str = Weights.LVD142M,
+    **kwargs: object,
+) -> nn.Module:
+    """Builds the backbone with the released hyper-parameters (``kwargs`` override them) and, if ``pretrained``,
+    loads the weights strictly: the official file for a ``Weights`` member (from torch.hub's cache when present),
+    else the given path or URL (which may also be a training checkpoint; see ``load_pretrained_weights``)."""
+    from dinov2.models import vision_transformer as vits
+    from dinov2.utils.utils import load_pretrained_weights
+
+    weights = _resolve_weights(weights)
+    vit_kwargs = dict(
+        img_size=img_size,
+        patch_size=patch_size,
+        init_values=init_values,
+        ffn_layer=ffn_layer,
+        block_chunks=block_chunks,
+        num_register_tokens=num_register_tokens,
+        interpolate_antialias=interpolate_antialias,
+        interpolate_offset=interpolate_offset,
+    )
+    vit_kwargs.update(**kwargs)
+    try:
+        factory = getattr(vits, arch_name)
+    except AttributeError:
+        raise ValueError(f"unknown arch_name={arch_name!r}; use vit_small, vit_base, vit_large or vit_giant2") from None
+    model = factory(**vit_kwargs)
+
+    if pretrained:
+        if isinstance(weights, Weights):
+            model_base_name = _make_dinov2_model_name(arch_name, patch_size)
+            model_full_name = _make_dinov2_model_name(arch_name, patch_size, num_register_tokens)
+            source = f"{_DINOV2_BASE_URL}/{model_base_name}/{model_full_name}_pretrain.pth"
+        else:
+            source = weights
+        load_pretrained_weights(model, source, checkpoint_key="teacher")
+    return model
+
+
+def dinov2_vits14(*, pretrained: bool = True, weights: Weights | str = Weights.LVD142M, **kwargs: object) -> nn.Module:
+    """DINOv2 ViT-S/14 (21M parameters) pretrained on LVD-142M."""
+    return _make_dinov2_model(arch_name="vit_small", pretrained=pretrained, weights=weights, **kwargs)
+
+
+def dinov2_vitb14(*, pretrained: bool = True, weights: Weights | str = Weights.LVD142M, **kwargs: object) -> nn.Module:
+    """DINOv2 ViT-B/14 (86M parameters) pretrained on LVD-142M."""
+    return _make_dinov2_model(arch_name="vit_base", pretrained=pretrained, weights=weights, **kwargs)
+
+
+def dinov2_vitl14(*, pretrained: bool = True, weights: Weights | str = Weights.LVD142M, **kwargs: object) -> nn.Module:
+    """DINOv2 ViT-L/14 (300M parameters) pretrained on LVD-142M."""
+    return _make_dinov2_model(arch_name="vit_large", pretrained=pretrained, weights=weights, **kwargs)
+
+
+def dinov2_vitg14(*, pretrained: bool = True, weights: Weights | str = Weights.LVD142M, **kwargs: object) -> nn.Module:
+    """DINOv2 ViT-g/14 (1,100M parameters) pretrained on LVD-142M."""
+    return _make_dinov2_model(
+        arch_name="vit_giant2", ffn_layer="swiglufused", weights=weights, pretrained=pretrained, **kwargs
+    )
+
+
+def _reg_kwargs(kwargs: dict[str, object]) -> dict[str, object]:
+    return {"num_register_tokens": 4, "interpolate_antialias": True, "interpolate_offset": 0.0, **kwargs}
+
+
+def dinov2_vits14_reg(
+    *, pretrained: bool = True, weights: Weights | str = Weights.LVD142M, **kwargs: object
+) -> nn.Module:
+    """DINOv2 ViT-S/14 with 4 registers, pretrained on LVD-142M."""
+    return _make_dinov2_model(arch_name="vit_small", pretrained=pretrained, weights=weights, **_reg_kwargs(kwargs))
+
+
+def dinov2_vitb14_reg(
+    *, pretrained: bool = True, weights: Weights | str = Weights.LVD142M, **kwargs: object
+) -> nn.Module:
+    """DINOv2 ViT-B/14 with 4 registers, pretrained on LVD-142M."""
+    return _make_dinov2_model(arch_name="vit_base", pretrained=pretrained, weights=weights, **_reg_kwargs(kwargs))
+
+
+def dinov2_vitl14_reg(
+    *, pretrained: bool = True, weights: Weights | str = Weights.LVD142M, **kwargs: object
+) -> nn.Module:
+    """DINOv2 ViT-L/14 with 4 registers, pretrained on LVD-142M."""
+    return _make_dinov2_model(arch_name="vit_large", pretrained=pretrained, weights=weights, **_reg_kwargs(kwargs))
+
+
+def dinov2_vitg14_reg(
+    *, pretrained: bool = True, weights: Weights | str = Weights.LVD142M, **kwargs: object
+) -> nn.Module:
+    """DINOv2 ViT-g/14 with 4 registers, pretrained on LVD-142M."""
+    return _make_dinov2_model(
+        arch_name="vit_giant2",
+        ffn_layer="swiglufused",
+        pretrained=pretrained,
+        weights=weights,
+        **_reg_kwargs(kwargs),
+    )

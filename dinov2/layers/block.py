@@ -1,0 +1,160 @@
+"""Pre-norm transformer block with LayerScale and batch-subset stochastic depth.
+
+``Block`` follows the reference: for drop rates above 0.1 the residual branch runs only on a random subset of the
+batch and is added back with weight ``B / subset`` (same expectation as DropPath, less compute); for smaller
+positive rates classic per-sample DropPath is used. Unlike the reference, the FFN branch uses ``drop_path2``
+(the reference applied ``drop_path1`` twice, a FIXME upstream; both modules have the same rate, so only the RNG
+draws differ). ``NestedTensorBlock`` also accepts a list of token tensors of different lengths (multi-crop).
+"""
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .attention import Attention
+from .drop_path import DropPath
+from .layer_scale import LayerScale
+from .mlp import Mlp
+
+__all__ = [
+    "Block",
+    "NestedTensorBlock",
+    "drop_add_residual_stochastic_depth",
+    "get_branges_scales",
+    "add_residual",
+    "drop_add_residual_stochastic_depth_list",
+]
+
+# Rates above this use the batch-subset path in Block.forward (the reference's threshold).
+_SUBSET_DROP_MIN_RATIO = 0.1
+
+
+def drop_add_residual_stochastic_depth(
+    x: Tensor, residual_func: Callable[[Tensor], Tensor], sample_drop_ratio: float = 0.0
+) -> Tensor:
+    """``x`` plus ``residual_func`` computed on a random ``max(int(B * (1 - ratio)), 1)`` rows, scaled by B/subset.
+
+    The other rows are returned unchanged; the residual is never computed for them.
+    """
+    brange, scale = get_branges_scales(x, sample_drop_ratio)
+    residual = residual_func(x[brange])  # [subset, ...]
+    return add_residual(x, brange, residual, scale)
+
+
+def get_branges_scales(x: Tensor, sample_drop_ratio: float = 0.0) -> tuple[Tensor, float]:
+    """Random row indices ``[subset]`` of ``x`` (on ``x.device``) and the rescaling factor ``B / subset``."""
+    b = x.shape[0]
+    sample_subset_size = max(int(b * (1 - sample_drop_ratio)), 1)
+    brange = torch.randperm(b, device=x.device)[:sample_subset_size]  # [subset]
+    return brange, b / sample_subset_size
+
+
+def add_residual(x: Tensor, brange: Tensor, residual: Tensor, residual_scale_factor: float) -> Tensor:
+    """Out-of-place ``x[brange] += residual * residual_scale_factor`` (autograd-friendly)."""
+    x_flat = x.flatten(1)  # [B, N*D]
+    residual_flat = residual.to(dtype=x.dtype).flatten(1)  # [subset, N*D]
+    out = torch.index_add(x_flat, 0, brange, residual_flat, alpha=residual_scale_factor)  # [B, N*D]
+    return out.view_as(x)
+
+
+def drop_add_residual_stochastic_depth_list(
+    x_list: Sequence[Tensor], residual_func: Callable[[Tensor], Tensor], sample_drop_ratio: float = 0.0
+) -> list[Tensor]:
+    """:func:`drop_add_residual_stochastic_depth` applied to each tensor with its own random subset."""
+    return [drop_add_residual_stochastic_depth(x, residual_func, sample_drop_ratio) for x in x_list]
+
+
+class Block(nn.Module):
+    """``x + ls1(attn(norm1(x)))`` then ``x + ls2(mlp(norm2(x)))``, each residual with stochastic depth."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = False,
+        proj_bias: bool = True,
+        ffn_bias: bool = True,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        init_values: float | Tensor | None = None,
+        drop_path: float = 0.0,
+        act_layer: Callable[..., nn.Module] = nn.GELU,
+        norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
+        attn_class: Callable[..., nn.Module] = Attention,
+        ffn_layer: Callable[..., nn.Module] = Mlp,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype} if device is not None or dtype is not None else {}
+        self.norm1 = norm_layer(dim, **factory)
+        self.attn = attn_class(
+            dim,
+            num_heads=num_heads,
+            qkv_bias=qkv_bias,
+            proj_bias=proj_bias,
+            attn_drop=attn_drop,
+            proj_drop=drop,
+            **factory,
+        )
+        self.ls1 = LayerScale(dim, init_values=init_values, **factory) if init_values else nn.Identity()
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+
+        self.norm2 = norm_layer(dim, **factory)
+        self.mlp = ffn_layer(
+            in_features=dim,
+            hidden_features=int(dim * mlp_ratio),
+            act_layer=act_layer,
+            drop=drop,
+            bias=ffn_bias,
+            **factory,
+        )
+        self.ls2 = LayerScale(dim, init_values=init_values, **factory) if init_values else nn.Identity()
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+
+        self.sample_drop_ratio = drop_path
+
+    def attn_residual_func(self, x: Tensor) -> Tensor:
+        return self.ls1(self.attn(self.norm1(x)))
+
+    def ffn_residual_func(self, x: Tensor) -> Tensor:
+        return self.ls2(self.mlp(self.norm2(x)))
+
+    def _forward_residuals(self, x: Tensor, subset_min_ratio: float) -> Tensor:
+        ratio = self.sample_drop_ratio
+        if self.training and ratio > subset_min_ratio:
+            x = drop_add_residual_stochastic_depth(x, self.attn_residual_func, ratio)
+            return drop_add_residual_stochastic_depth(x, self.ffn_residual_func, ratio)
+        if self.training and ratio > 0.0:
+            x = x + self.drop_path1(self.attn_residual_func(x))
+            return x + self.drop_path2(self.ffn_residual_func(x))
+        x = x + self.attn_residual_func(x)
+        return x + self.ffn_residual_func(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._forward_residuals(x, _SUBSET_DROP_MIN_RATIO)
+
+    def get_attention_map(self, x: Tensor) -> Tensor:
+        """Softmax attention ``[B, heads, N, N]`` of this block for its input tokens ``x`` ``[B, N, D]``."""
+        return self.attn.get_attention_map(self.norm1(x))
+
+
+class NestedTensorBlock(Block):
+    """:class:`Block` that also takes a list of ``[B_i, N_i, D]`` tensors (e.g. global and local crops).
+
+    Each tensor goes through the block on its own, which equals the reference's concatenation with a
+    block-diagonal mask (no token attends across tensors or samples). In training the list path uses batch-subset
+    stochastic depth for any positive rate, with one random subset per tensor, as the reference does.
+    """
+
+    def forward_nested(self, x_list: Sequence[Tensor]) -> list[Tensor]:
+        return [self._forward_residuals(x, 0.0) for x in x_list]
+
+    def forward(self, x_or_x_list: Tensor | Sequence[Tensor]) -> Tensor | list[Tensor]:
+        if isinstance(x_or_x_list, Tensor):
+            return super().forward(x_or_x_list)
+        if isinstance(x_or_x_list, list | tuple):
+            return self.forward_nested(x_or_x_list)
+        raise TypeError(f"expected a Tensor or a list of Tensors, got {type(x_or_x_list).__name__}")

@@ -1,0 +1,72 @@
+"""SwiGLU feed-forward (Shazeer 2020) in the packed layout of the released ViT-g (keys ``w12``, ``w3``).
+
+The reference builds ``SwiGLUFFNFused`` on xFormers' fused ``SwiGLU`` when it is installed; both share the packed
+``w12`` weight (first half gate, second half value), so this plain-torch version loads the same checkpoints and
+computes the same function. ``torch.compile`` fuses it where speed matters.
+"""
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["SwiGLUFFN", "SwiGLUFFNFused"]
+
+
+class SwiGLUFFN(nn.Module):
+    """``w3(silu(x1) * x2)`` with ``x1, x2`` the two halves of ``w12(x)``.
+
+    ``act_layer`` and ``drop`` are accepted for signature compatibility with :class:`Mlp` and ignored, as in the
+    reference.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int | None = None,
+        out_features: int | None = None,
+        act_layer: Callable[..., nn.Module] | None = None,
+        drop: float = 0.0,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        out_features = out_features or in_features
+        hidden_features = hidden_features or in_features
+        self.w12 = nn.Linear(in_features, 2 * hidden_features, bias=bias, device=device, dtype=dtype)
+        self.w3 = nn.Linear(hidden_features, out_features, bias=bias, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x1, x2 = self.w12(x).chunk(2, dim=-1)  # [..., hidden] each
+        return self.w3(F.silu(x1) * x2)  # [..., out]
+
+
+class SwiGLUFFNFused(SwiGLUFFN):
+    """SwiGLU whose hidden size is 2/3 of the nominal MLP size rounded up to a multiple of 8 (ViT-g: 6144 -> 4096)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int | None = None,
+        out_features: int | None = None,
+        act_layer: Callable[..., nn.Module] | None = None,
+        drop: float = 0.0,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        out_features = out_features or in_features
+        hidden_features = hidden_features or in_features
+        hidden_features = (int(hidden_features * 2 / 3) + 7) // 8 * 8
+        super().__init__(
+            in_features,
+            hidden_features,
+            out_features,
+            act_layer,
+            drop,
+            bias,
+            device=device,
+            dtype=dtype,
+        )

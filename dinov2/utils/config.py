@@ -1,0 +1,86 @@
+"""Config assembly for the training and eval entry points: defaults < config file < command-line overrides."""
+
+import argparse
+import logging
+import math
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from dinov2 import distributed
+from dinov2.configs import _CONFIGS_DIR, available_configs, dinov2_default_config, merge_strict
+
+logger = logging.getLogger("dinov2")
+
+__all__ = ["apply_scaling_rules_to_cfg", "write_config", "get_cfg_from_args"]
+
+_SCALING_RULES = ("sqrt_wrt_1024",)
+
+
+def apply_scaling_rules_to_cfg(cfg: DictConfig) -> DictConfig:
+    """Sets ``optim.lr`` from ``optim.base_lr`` for the global batch (batch_size_per_gpu x world size), in place.
+
+    The derived value is logged and, as in the reference, ends up in the saved config.yaml.
+    """
+    rule = cfg.optim.scaling_rule
+    if rule != "sqrt_wrt_1024":
+        raise ValueError(f"unsupported optim.scaling_rule {rule!r}; the supported rule is {_SCALING_RULES[0]!r}")
+    global_batch = cfg.train.batch_size_per_gpu * distributed.get_global_size()
+    cfg.optim.lr = cfg.optim.base_lr * math.sqrt(global_batch / 1024.0)
+    logger.info(
+        "sqrt scaling rule: optim.lr = %s * sqrt(%d / 1024) = %s", cfg.optim.base_lr, global_batch, cfg.optim.lr
+    )
+    return cfg
+
+
+def write_config(cfg: DictConfig, output_dir: str | os.PathLike, name: str = "config.yaml") -> str:
+    """Logs ``cfg`` and writes it as YAML to ``<output_dir>/<name>`` (atomically); returns the path."""
+    logger.info(OmegaConf.to_yaml(cfg))
+    path = Path(output_dir) / name
+    tmp = path.with_name(f".{path.name}.tmp")
+    OmegaConf.save(config=cfg, f=tmp)
+    os.replace(tmp, path)
+    return str(path)
+
+
+def _resolve_config_file(config_file: str) -> Path:
+    """A path, or the name of a packaged config (``train/vitl14``) when no such file exists."""
+    path = Path(config_file)
+    if path.is_file():
+        return path
+    packaged = _CONFIGS_DIR / (config_file if config_file.endswith(".yaml") else f"{config_file}.yaml")
+    if packaged.is_file():
+        return packaged
+    raise FileNotFoundError(
+        f"--config-file {config_file!r} is neither a file nor a packaged config; packaged configs: "
+        f"{', '.join(available_configs())}"
+    )
+
+
+def _parse_opts(opts: list[str]) -> DictConfig:
+    bad = [opt for opt in opts if "=" not in opt or opt.startswith("=")]
+    if bad:
+        raise ValueError(f"config overrides must look like key.sub=value (e.g. optim.base_lr=0.001), got {bad}")
+    return OmegaConf.from_dotlist(list(opts))
+
+
+def get_cfg_from_args(args: argparse.Namespace) -> DictConfig:
+    """The run's config: ``ssl_default_config.yaml`` < ``args.config_file`` < ``args.opts`` (``key=value`` items).
+
+    ``args.config_file`` may be empty (defaults only) or a packaged config name. Keys that the defaults do not
+    have are an error naming the key and its closest matches. ``args.output_dir`` is made absolute and written to
+    ``train.output_dir``, overriding any other value. The result is in struct mode.
+    """
+    args.output_dir = os.path.abspath(getattr(args, "output_dir", "") or "")
+    config_file = getattr(args, "config_file", "") or ""
+    if config_file:
+        path = _resolve_config_file(config_file)
+        cfg = merge_strict(dinov2_default_config, OmegaConf.load(path), source=f"config file {str(path)!r}")
+    else:
+        cfg = merge_strict(dinov2_default_config)
+    opts = list(getattr(args, "opts", None) or [])
+    if opts:
+        cfg = merge_strict(cfg, _parse_opts(opts), source="command-line overrides")
+    cfg.train.output_dir = args.output_dir
+    return cfg

@@ -1,0 +1,51 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dinov2.layers import LayerScale, Mlp, PatchEmbed, SwiGLUFFN, SwiGLUFFNFused
+
+
+def test_layer_scale_meta_then_reset():
+    ls = LayerScale(6, init_values=0.3, device="meta")
+    assert ls.gamma.is_meta
+    ls.to_empty(device="cpu")
+    ls.reset_parameters()
+    torch.testing.assert_close(ls.gamma, torch.full((6,), 0.3))
+    x = torch.randn(2, 6)
+    torch.testing.assert_close(ls(x), x * 0.3)
+    inplace = LayerScale(6, init_values=2.0, inplace=True)
+    y = x.clone()
+    assert inplace(y) is y and torch.allclose(y, 2 * x)
+
+
+@pytest.mark.parametrize(("nominal", "expected"), [(6144, 4096), (4096, 2736), (3072, 2048), (1536, 1024)])
+def test_swiglu_fused_hidden_rounding(nominal, expected):
+    ffn = SwiGLUFFNFused(64, nominal, device="meta")
+    assert ffn.w12.weight.shape == (2 * expected, 64)
+    assert ffn.w3.weight.shape == (64, expected)
+
+
+def test_swiglu_forward():
+    ffn = SwiGLUFFN(8, 6)
+    x = torch.randn(3, 8)
+    h = x @ ffn.w12.weight.T + ffn.w12.bias
+    expected = (F.silu(h[:, :6]) * h[:, 6:]) @ ffn.w3.weight.T + ffn.w3.bias
+    torch.testing.assert_close(ffn(x), expected)
+
+
+def test_mlp_keys_and_forward():
+    mlp = Mlp(8, 16, bias=False)
+    assert set(mlp.state_dict()) == {"fc1.weight", "fc2.weight"}
+    x = torch.randn(2, 8)
+    torch.testing.assert_close(mlp(x), F.gelu(x @ mlp.fc1.weight.T) @ mlp.fc2.weight.T)
+
+
+def test_patch_embed_shapes_and_errors():
+    pe = PatchEmbed(img_size=28, patch_size=14, in_chans=3, embed_dim=10)
+    assert pe.num_patches == 4 and pe.patches_resolution == (2, 2)
+    x = torch.randn(2, 3, 28, 42)
+    assert pe(x).shape == (2, 6, 10)
+    pe.flatten_embedding = False
+    assert pe(x).shape == (2, 2, 3, 10)
+    with pytest.raises(ValueError, match="not a multiple of the patch size"):
+        pe(torch.randn(1, 3, 30, 28))
