@@ -166,8 +166,9 @@ class Checkpointer:
     ) -> Path:
         """Writes checkpoint ``<dir>/<iteration:07d>`` atomically and prunes old ones; returns its path.
 
-        ``extra`` (picklable, per rank) is stored with ``iteration`` and this rank's RNG states; a grad scaler's
-        ``state_dict()``, the data position or loss centers kept outside the model belong there.
+        ``extra`` (picklable, per rank) is stored with ``iteration`` and ``rng`` (this rank's RNG states, captured
+        here; they replace same-named keys of ``extra``); a grad scaler's ``state_dict()`` or the data position
+        belong there.
         """
         if iteration < 0:
             raise ValueError(f"iteration must be >= 0, got {iteration}")
@@ -236,8 +237,8 @@ class Checkpointer:
         restore_rng: bool = True,
     ) -> dict[str, Any]:
         """Loads model (and optimizer) state in place, resharding to the current world size, restores this rank's
-        RNG states (unless ``restore_rng`` is False) and returns its extras (``iteration``, ``rng``, the caller's).
-        """
+        RNG states (unless ``restore_rng`` is False) and returns its extras: the caller's, ``iteration`` and
+        ``rng`` (this rank's RNG states, for :func:`restore_rng_state`)."""
         path = Path(path)
         if not (path / _META_FILE).is_file() or not (path / ".metadata").is_file():
             latest = self.latest()
@@ -258,10 +259,17 @@ class Checkpointer:
         source_rank = rank % old_world_size
         # Our own file: it holds numpy RNG arrays and python tuples, which weights_only loading refuses.
         extra = torch.load(path / f"extra_rank_{source_rank}.pt", map_location="cpu", weights_only=False)
-        if restore_rng:
+        if rank >= old_world_size:
+            # This rank borrowed another rank's RNG state: derive a distinct one, and return it in extra["rng"]
+            # so that a caller re-applying extra["rng"] later (after building its data iterator) gets it too.
+            current = capture_rng_state()
             restore_rng_state(extra["rng"])
-            if rank >= old_world_size:
-                _reseed_for_rank(rank)
+            _reseed_for_rank(rank)
+            extra["rng"] = capture_rng_state()
+            if not restore_rng:
+                restore_rng_state(current)
+        elif restore_rng:
+            restore_rng_state(extra["rng"])
         if old_world_size != distributed.get_global_size():
             logger.info(
                 "resumed %s saved by %d ranks on %d ranks (extras of rank %d used here)",

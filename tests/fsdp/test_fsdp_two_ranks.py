@@ -9,7 +9,7 @@ from torch import nn
 
 from dinov2 import distributed
 from dinov2.fsdp import full_state_dict, is_sharded, register_forward_methods, shard_module
-from dinov2.fsdp.checkpointer import Checkpointer
+from dinov2.fsdp.checkpointer import Checkpointer, restore_rng_state
 from tests.distributed.spawn import run_ranks
 
 
@@ -89,12 +89,19 @@ def _two_rank_worker(rank: int, ckpt_in: str, ckpt_out: str, expected_in: str, e
     # 1 -> 2 ranks: a checkpoint written by a single process loads into the sharded model.
     checkpointer_in = Checkpointer(ckpt_in)
     extra = checkpointer_in.load(checkpointer_in.latest(), model=model, optimizer=optimizer)
-    checkpointer_in.load(checkpointer_in.latest(), model=reference, optimizer=ref_optimizer)
     assert extra["who"] == "parent" and extra["iteration"] == 1
     # Both ranks restored the parent's RNG state; rank 1 (beyond the old world size) re-seeded from it.
     draws = distributed.all_gather_object(torch.rand(3))
     assert not torch.equal(draws[0], draws[1])
     torch.testing.assert_close(draws[0], torch.load(expected_in)["draw"], rtol=0, atol=0)
+    # restore_rng=False leaves the RNG alone; extra["rng"] is this rank's (derived) state to apply later.
+    torch.manual_seed(123)
+    extra = checkpointer_in.load(checkpointer_in.latest(), model=reference, optimizer=ref_optimizer, restore_rng=False)
+    untouched = torch.rand(3)
+    torch.manual_seed(123)
+    assert torch.equal(untouched, torch.rand(3))
+    restore_rng_state(extra["rng"])
+    torch.testing.assert_close(torch.rand(3), draws[rank], rtol=0, atol=0)
     expected = torch.load(expected_in)
     gathered = full_state_dict(model)
     if rank == 0:
