@@ -134,6 +134,28 @@ def _two_rank_worker(rank: int, ckpt_in: str, ckpt_out: str, expected_in: str, e
     with pytest.raises(RuntimeError, match="disk full" if rank == 1 else "failed on another rank"):
         checkpointer_out.save(3, model=model, optimizer=optimizer, extra={"bomb": bomb})
     assert checkpointer_out.latest() == Path(ckpt_out) / "ckpt" / "0000002"
+    _check_container_round_trip(Path(ckpt_out) / "container")
+
+
+def _check_container_round_trip(directory: Path) -> None:
+    """Like SSLMetaArch: an unsharded root holding separately sharded parts saves and loads."""
+    parts = {}
+    for seed, name in enumerate(("student", "teacher")):
+        torch.manual_seed(seed)
+        part = TinyNet()
+        parts[name] = shard_module(
+            part, blocks=list(part.blocks), param_dtype=torch.float32, reduce_dtype=torch.float32
+        )
+    container = nn.ModuleDict(parts)
+    before = full_state_dict(container)
+    Checkpointer(directory).save(0, model=container)
+    fresh = nn.ModuleDict({name: TinyNet() for name in ("student", "teacher")})
+    for part in fresh.values():
+        shard_module(part, blocks=list(part.blocks), param_dtype=torch.float32, reduce_dtype=torch.float32)
+    Checkpointer(directory).load(directory / "ckpt" / "0000000", model=fresh)
+    after = full_state_dict(fresh)
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[key], value) for key, value in before.items())
 
 
 @pytest.mark.slow
