@@ -22,9 +22,13 @@ import socket
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
+
+if TYPE_CHECKING:
+    from torch.distributed.device_mesh import DeviceMesh
 
 __all__ = [
     "is_enabled",
@@ -52,7 +56,7 @@ logger = logging.getLogger("dinov2")
 _LOCAL_RANK = 0
 _LOCAL_WORLD_SIZE = 1
 _ENV_BACKUP: dict[str, str | None] = {}  # env values overwritten by enable(), restored by disable()
-_DEVICE_MESHES: dict[str, object] = {}  # cached meshes over all ranks (see get_device_mesh)
+_DEVICE_MESHES: dict[str, "DeviceMesh"] = {}  # cached meshes over all ranks (see get_device_mesh)
 
 _TORCHRUN_VARS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 _DEVICE_ENV_VAR = "DINOV2_DEVICE"
@@ -293,7 +297,7 @@ def _backend_for(device: torch.device) -> str:
     return dist.get_default_backend_for_device(device)
 
 
-def get_device_mesh(*, replicate: bool = False):  # -> torch.distributed.device_mesh.DeviceMesh
+def get_device_mesh(*, replicate: bool = False) -> "DeviceMesh":
     """Device mesh over all ranks, created once per process group. 1-D ``("shard",)`` by default (FSDP2 shards
     along it); with ``replicate=True`` 2-D ``("replicate", "shard")`` of shape ``[W, 1]``, on which FSDP2 keeps
     full replicas and all-reduces gradients (DDP semantics, used for ``NO_SHARD``)."""
@@ -418,7 +422,9 @@ def all_reduce(tensor: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp
     return tensor
 
 
-def all_reduce_async(tensor: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM):
+def all_reduce_async(
+    tensor: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM
+) -> "dist.Work | _CompletedWork":
     """Starts an in-place all-reduce and returns a handle with ``wait()``; the result is only valid after it.
     Lets the loss centers overlap their reduction with the backward pass."""
     if is_enabled():

@@ -22,7 +22,7 @@ import random
 import re
 import shutil
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,22 @@ def _single_process_dcp() -> Iterator[bool]:
         yield no_dist
 
 
+def _on_all_ranks(step: str, fn: Callable[[], None] | None) -> None:
+    """Runs ``fn`` (if any) on this rank, then raises on every rank if it failed on any, so that one rank's
+    failure (a full disk, a bad extra) never leaves the others waiting forever in a later barrier."""
+    error = None
+    if fn is not None:
+        try:
+            fn()
+        except Exception as exc:  # re-raised below, after the other ranks have heard of it
+            error = exc
+    failures = [item for item in distributed.all_gather_object(None if error is None else repr(error)) if item]
+    if error is not None:
+        raise error
+    if failures:
+        raise RuntimeError(f"checkpoint step {step!r} failed on another rank: {failures[0]}")
+
+
 def _fsync_dir(path: Path) -> None:
     """Makes a rename durable (best effort: some file systems refuse to open directories)."""
     try:
@@ -150,8 +166,9 @@ class Checkpointer:
     ) -> Path:
         """Writes checkpoint ``<dir>/<iteration:07d>`` atomically and prunes old ones; returns its path.
 
-        ``extra`` (picklable, per rank) is stored with ``iteration`` and this rank's RNG states; a grad scaler's
-        ``state_dict()``, the data position or loss centers kept outside the model belong there.
+        ``extra`` (picklable, per rank) is stored with ``iteration`` and ``rng`` (this rank's RNG states, captured
+        here; they replace same-named keys of ``extra``); a grad scaler's ``state_dict()`` or the data position
+        belong there.
         """
         if iteration < 0:
             raise ValueError(f"iteration must be >= 0, got {iteration}")
@@ -160,25 +177,28 @@ class Checkpointer:
         rank, world_size = distributed.get_global_rank(), distributed.get_global_size()
         final = self.directory / f"{iteration:07d}"
         tmp = self.directory / f"tmp_{iteration:07d}"
-        if rank == 0:
+
+        def prepare() -> None:
             self.directory.mkdir(parents=True, exist_ok=True)
             for stale in self.directory.glob("tmp_*"):  # left by an interrupted save
                 shutil.rmtree(stale, ignore_errors=True)
             tmp.mkdir()
-        distributed.barrier()
 
-        with _single_process_dcp() as no_dist:
-            dcp.save(self._state_dict(model, optimizer), checkpoint_id=tmp, no_dist=no_dist)
-        rank_extra = {**(extra or {}), "iteration": iteration, "rng": capture_rng_state()}
-        torch.save(rank_extra, tmp / f"extra_rank_{rank}.pt")
-        if rank == 0:
-            (tmp / _META_FILE).write_text(json.dumps({"iteration": iteration, "world_size": world_size}))
-        distributed.barrier()  # every rank's files are written
+        def write_extra() -> None:
+            rank_extra = {**(extra or {}), "iteration": iteration, "rng": capture_rng_state()}
+            torch.save(rank_extra, tmp / f"extra_rank_{rank}.pt")
+            if rank == 0:
+                (tmp / _META_FILE).write_text(json.dumps({"iteration": iteration, "world_size": world_size}))
 
-        if rank == 0:
+        def publish() -> None:
             self._publish(tmp, final)
             self._prune()
-        distributed.barrier()  # nobody reads the folder before it has its final name
+
+        _on_all_ranks("prepare", prepare if rank == 0 else None)
+        with _single_process_dcp() as no_dist:  # DCP itself raises on every rank if one fails
+            dcp.save(self._state_dict(model, optimizer), checkpoint_id=tmp, no_dist=no_dist)
+        _on_all_ranks("write extras", write_extra)
+        _on_all_ranks("publish", publish if rank == 0 else None)  # nobody reads the folder before its rename
         logger.info("saved checkpoint %s", final)
         return final
 
@@ -217,8 +237,8 @@ class Checkpointer:
         restore_rng: bool = True,
     ) -> dict[str, Any]:
         """Loads model (and optimizer) state in place, resharding to the current world size, restores this rank's
-        RNG states (unless ``restore_rng`` is False) and returns its extras (``iteration``, ``rng``, the caller's).
-        """
+        RNG states (unless ``restore_rng`` is False) and returns its extras: the caller's, ``iteration`` and
+        ``rng`` (this rank's RNG states, for :func:`restore_rng_state`)."""
         path = Path(path)
         if not (path / _META_FILE).is_file() or not (path / ".metadata").is_file():
             latest = self.latest()
@@ -239,10 +259,17 @@ class Checkpointer:
         source_rank = rank % old_world_size
         # Our own file: it holds numpy RNG arrays and python tuples, which weights_only loading refuses.
         extra = torch.load(path / f"extra_rank_{source_rank}.pt", map_location="cpu", weights_only=False)
-        if restore_rng:
+        if rank >= old_world_size:
+            # This rank borrowed another rank's RNG state: derive a distinct one, and return it in extra["rng"]
+            # so that a caller re-applying extra["rng"] later (after building its data iterator) gets it too.
+            current = capture_rng_state()
             restore_rng_state(extra["rng"])
-            if rank >= old_world_size:
-                _reseed_for_rank(rank)
+            _reseed_for_rank(rank)
+            extra["rng"] = capture_rng_state()
+            if not restore_rng:
+                restore_rng_state(current)
+        elif restore_rng:
+            restore_rng_state(extra["rng"])
         if old_world_size != distributed.get_global_size():
             logger.info(
                 "resumed %s saved by %d ranks on %d ranks (extras of rank %d used here)",

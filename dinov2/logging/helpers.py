@@ -85,7 +85,10 @@ def _as_float(name: str, value: Any) -> float:
 def _max_memory_mb() -> float | None:
     if not torch.accelerator.is_available():
         return None
-    return torch.accelerator.max_memory_allocated() / (1024 * 1024)
+    try:
+        return torch.accelerator.max_memory_allocated() / (1024 * 1024)
+    except (RuntimeError, NotImplementedError):  # backends without memory statistics
+        return None
 
 
 class MetricLogger:

@@ -1,9 +1,11 @@
 """Packaged YAMLs: every reference key with its reference default, presets as the spec lists them."""
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from dinov2.configs import available_configs, dinov2_default_config, load_and_merge_config, load_config
+from dinov2.models import build_model_from_cfg
 
 # spec section 7.1: every key of the reference ssl_default_config.yaml and its default
 REFERENCE_DEFAULTS = {
@@ -222,3 +224,21 @@ def test_merged_config_is_strict() -> None:
     cfg = load_and_merge_config("train/vitl14")
     with pytest.raises(Exception, match="batchsize"):
         cfg.train.batchsize = 3
+
+
+@pytest.mark.parametrize("name", [n for n in available_configs() if n != "ssl_default_config"])
+def test_every_packaged_config_builds_its_model(name: str) -> None:
+    cfg = load_and_merge_config(name)
+    with torch.device("meta"):  # shapes only
+        student, teacher, embed_dim = build_model_from_cfg(cfg)
+    grid = cfg.crops.global_crops_size // cfg.student.patch_size
+    n_tokens = 1 + grid * grid
+    assert student.pos_embed.shape[1] == teacher.pos_embed.shape[1] == n_tokens
+    assert (
+        student.n_blocks
+        == {"vit_tiny": 12, "vit_small": 12, "vit_base": 12, "vit_large": 24, "vit_giant2": 40}[cfg.student.arch]
+    )
+    assert (
+        embed_dim
+        == {"vit_tiny": 192, "vit_small": 384, "vit_base": 768, "vit_large": 1024, "vit_giant2": 1536}[cfg.student.arch]
+    )

@@ -28,7 +28,7 @@ def test_worked_example_from_the_spec() -> None:
         mask_probability=0.5,
         dtype=torch.half,
         n_tokens=256,
-        mask_generator=MaskingGenerator(16, max_num_patches=int(0.5 * 224 // 14 * 224 // 14)),
+        mask_generator=MaskingGenerator(16, max_num_patches=0.5 * 224 // 14 * 224 // 14),  # a float, as in training
     )
     assert set(out) == {
         "collated_global_crops",

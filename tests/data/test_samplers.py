@@ -154,3 +154,14 @@ def test_generator_is_created_per_iteration() -> None:
     a = _take(sampler, N)
     torch.manual_seed(1)  # the global RNG does not matter
     assert _take(sampler, N) == a
+
+
+def test_rank_and_world_size_default_to_the_distributed_helpers(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dinov2.data.samplers as samplers_module
+
+    monkeypatch.setattr(samplers_module, "get_global_rank", lambda: 1)
+    monkeypatch.setattr(samplers_module, "get_global_size", lambda: 2)
+    assert _take(InfiniteSampler(sample_count=N), 3) == [1, 3, 5]
+    assert _take(ShardedInfiniteSampler(sample_count=N), 3) == [1, 3, 5]
+    assert list(EpochSampler(size=4, sample_count=N)) == [1, 3]
+    assert list(ResumableDistributedSampler(_Sized(4), shuffle=False)) == [1, 3]

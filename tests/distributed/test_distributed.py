@@ -142,6 +142,7 @@ def test_get_device_env_override(clean_env: pytest.MonkeyPatch) -> None:
 
 def _collectives_worker(rank: int) -> None:
     world = distributed.get_global_size()
+    assert os.environ["MASTER_ADDR"] == "localhost" and os.environ["RANK"] == str(rank)  # exported from SLURM
     assert distributed.is_enabled() and world == 2
     assert (distributed.get_global_rank(), distributed.get_local_rank(), distributed.get_local_size()) == (
         rank,
@@ -172,5 +173,5 @@ def _collectives_worker(rank: int) -> None:
 
 
 @pytest.mark.slow
-def test_two_rank_collectives() -> None:
-    run_ranks(_collectives_worker, 2)
+def test_two_rank_collectives_under_slurm_variables() -> None:
+    run_ranks(_collectives_worker, 2, launcher="slurm")

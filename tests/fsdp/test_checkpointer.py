@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from dinov2.fsdp.checkpointer import Checkpointer, save_teacher_checkpoint
+from dinov2.fsdp.checkpointer import Checkpointer, restore_rng_state, save_teacher_checkpoint
 
 _ROOT = Path(__file__).resolve().parents[2]
 
@@ -79,6 +79,11 @@ def test_rng_states_restored(tmp_path: Path) -> None:
     checkpointer.load(checkpointer.latest(), model=model)
     assert torch.equal(torch.rand(2), expected[0])
     assert np.array_equal(np.random.rand(2), expected[1]) and random.random() == expected[2]
+    torch.manual_seed(9)
+    extra = checkpointer.load(checkpointer.latest(), model=model, restore_rng=False)
+    assert torch.equal(torch.rand(2), torch.rand(2, generator=torch.Generator().manual_seed(9)))  # untouched
+    restore_rng_state(extra["rng"])
+    assert torch.equal(torch.rand(2), expected[0])
 
 
 def test_max_to_keep_prunes_oldest(tmp_path: Path) -> None:

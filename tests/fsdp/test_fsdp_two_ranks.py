@@ -9,7 +9,7 @@ from torch import nn
 
 from dinov2 import distributed
 from dinov2.fsdp import full_state_dict, is_sharded, register_forward_methods, shard_module
-from dinov2.fsdp.checkpointer import Checkpointer
+from dinov2.fsdp.checkpointer import Checkpointer, restore_rng_state
 from tests.distributed.spawn import run_ranks
 
 
@@ -29,6 +29,11 @@ class TinyNet(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.embed(x)
+
+
+class _FailsWhenPickled:
+    def __reduce__(self):
+        raise RuntimeError("disk full (simulated)")
 
 
 def _batch(rank: int) -> torch.Tensor:
@@ -84,12 +89,19 @@ def _two_rank_worker(rank: int, ckpt_in: str, ckpt_out: str, expected_in: str, e
     # 1 -> 2 ranks: a checkpoint written by a single process loads into the sharded model.
     checkpointer_in = Checkpointer(ckpt_in)
     extra = checkpointer_in.load(checkpointer_in.latest(), model=model, optimizer=optimizer)
-    checkpointer_in.load(checkpointer_in.latest(), model=reference, optimizer=ref_optimizer)
     assert extra["who"] == "parent" and extra["iteration"] == 1
     # Both ranks restored the parent's RNG state; rank 1 (beyond the old world size) re-seeded from it.
     draws = distributed.all_gather_object(torch.rand(3))
     assert not torch.equal(draws[0], draws[1])
     torch.testing.assert_close(draws[0], torch.load(expected_in)["draw"], rtol=0, atol=0)
+    # restore_rng=False leaves the RNG alone; extra["rng"] is this rank's (derived) state to apply later.
+    torch.manual_seed(123)
+    extra = checkpointer_in.load(checkpointer_in.latest(), model=reference, optimizer=ref_optimizer, restore_rng=False)
+    untouched = torch.rand(3)
+    torch.manual_seed(123)
+    assert torch.equal(untouched, torch.rand(3))
+    restore_rng_state(extra["rng"])
+    torch.testing.assert_close(torch.rand(3), draws[rank], rtol=0, atol=0)
     expected = torch.load(expected_in)
     gathered = full_state_dict(model)
     if rank == 0:
@@ -112,9 +124,38 @@ def _two_rank_worker(rank: int, ckpt_in: str, ckpt_out: str, expected_in: str, e
     torch.testing.assert_close(model.features(x), reference.features(x), rtol=1e-5, atol=1e-6)
 
     # 2 ranks -> (parent) 1 process.
-    Checkpointer(ckpt_out).save(2, model=model, optimizer=optimizer, extra={"rank": rank})
+    checkpointer_out = Checkpointer(ckpt_out)
+    checkpointer_out.save(2, model=model, optimizer=optimizer, extra={"rank": rank})
     if rank == 0:
         torch.save({"model": reference.state_dict(), "optimizer": ref_optimizer.state_dict()}, expected_out)
+
+    # A failure on one rank raises on both (no rank is left hanging) and keeps the previous checkpoint.
+    bomb = _FailsWhenPickled() if rank == 1 else None
+    with pytest.raises(RuntimeError, match="disk full" if rank == 1 else "failed on another rank"):
+        checkpointer_out.save(3, model=model, optimizer=optimizer, extra={"bomb": bomb})
+    assert checkpointer_out.latest() == Path(ckpt_out) / "ckpt" / "0000002"
+    _check_container_round_trip(Path(ckpt_out) / "container")
+
+
+def _check_container_round_trip(directory: Path) -> None:
+    """Like SSLMetaArch: an unsharded root holding separately sharded parts saves and loads."""
+    parts = {}
+    for seed, name in enumerate(("student", "teacher")):
+        torch.manual_seed(seed)
+        part = TinyNet()
+        parts[name] = shard_module(
+            part, blocks=list(part.blocks), param_dtype=torch.float32, reduce_dtype=torch.float32
+        )
+    container = nn.ModuleDict(parts)
+    before = full_state_dict(container)
+    Checkpointer(directory).save(0, model=container)
+    fresh = nn.ModuleDict({name: TinyNet() for name in ("student", "teacher")})
+    for part in fresh.values():
+        shard_module(part, blocks=list(part.blocks), param_dtype=torch.float32, reduce_dtype=torch.float32)
+    Checkpointer(directory).load(directory / "ckpt" / "0000000", model=fresh)
+    after = full_state_dict(fresh)
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[key], value) for key, value in before.items())
 
 
 @pytest.mark.slow

@@ -66,6 +66,10 @@ class ExtendedVisionDataset(VisionDataset):
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         size = len(self)
         index = int(index)
+        if index < 0:
+            index += size
+        if not 0 <= index < size:  # also ends Python's fallback iteration over __getitem__
+            raise IndexError(f"sample index {index} out of range for a dataset of {size} samples")
         for attempt in range(MAX_CONSECUTIVE_UNREADABLE):
             current = (index + attempt) % size
             try:

@@ -52,6 +52,10 @@ def test_flat_folder_has_no_labels(tmp_path: Path, write_image) -> None:
     assert len(dataset) == 3 and dataset.classes == []
     assert dataset.get_targets().tolist() == [-1, -1, -1]
     assert dataset[0][1] == -1
+    assert [target for _, target in dataset] == [-1, -1, -1]  # plain iteration stops at the end
+    assert dataset[-1][0].tobytes() == dataset[2][0].tobytes()
+    with pytest.raises(IndexError, match="out of range"):
+        dataset[3]
 
 
 def test_nested_folder_without_classes(tmp_path: Path, write_image) -> None:

@@ -1,0 +1,105 @@
+"""Common setup of the evaluation entry points: the shared CLI flags and building the frozen teacher backbone."""
+
+import argparse
+import logging
+import os
+
+import torch
+from torch import nn
+
+from dinov2.utils.dtype import as_torch_dtype
+
+logger = logging.getLogger("dinov2")
+
+__all__ = ["RANDOM_WEIGHTS", "get_args_parser", "get_autocast_dtype", "build_model_for_eval", "setup_and_build_model"]
+
+# Value of --pretrained-weights that evaluates a randomly initialised backbone (a baseline), on purpose.
+RANDOM_WEIGHTS = "random"
+
+
+def get_args_parser(
+    description: str | None = None,
+    parents: list[argparse.ArgumentParser] | None = None,
+    add_help: bool = True,
+) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description, parents=parents or [], add_help=add_help)
+    parser.add_argument("--config-file", type=str, help="Model configuration file (the training config.yaml)")
+    parser.add_argument(
+        "--pretrained-weights",
+        type=str,
+        help=f"Teacher checkpoint (path or URL) with a 'teacher' entry; '{RANDOM_WEIGHTS}' evaluates a random init",
+    )
+    parser.add_argument("--output-dir", default="", type=str, help="Output directory to write results and logs")
+    parser.add_argument("--opts", help="Extra configuration options (key=value)", default=[], nargs="+")
+    return parser
+
+
+def get_autocast_dtype(config) -> torch.dtype:
+    """Eval autocast dtype = the teacher backbone's training param dtype (fp16 / bf16), float32 otherwise."""
+    name = config.compute_precision.teacher.backbone.mixed_precision.param_dtype
+    dtype = as_torch_dtype(name)
+    return dtype if dtype in (torch.float16, torch.bfloat16) else torch.float32
+
+
+def build_model_for_eval(config, pretrained_weights: str | None, device: torch.device | None = None) -> nn.Module:
+    """Teacher backbone of ``config`` with the weights of ``pretrained_weights`` (``"teacher"`` entry), in eval mode.
+
+    Loading goes through ``load_pretrained_weights``, which is strict about backbone keys, so a partly random
+    backbone cannot slip through (the reference loaded with ``strict=False``). Pass ``"random"`` to evaluate the
+    random initialisation deliberately.
+    """
+    # Imported here so the metric and k-NN helpers stay usable without building the model stack.
+    from dinov2.models import build_model_from_cfg
+    from dinov2.utils.utils import load_pretrained_weights
+
+    if not pretrained_weights:
+        raise ValueError(
+            "no --pretrained-weights given; pass the teacher checkpoint (e.g. <train output>/eval/training_<it>/"
+            f"teacher_checkpoint.pth), or '{RANDOM_WEIGHTS}' for a random-init baseline"
+        )
+    model, _ = build_model_from_cfg(config, only_teacher=True)
+    if pretrained_weights == RANDOM_WEIGHTS:
+        logger.warning("--pretrained-weights %s: evaluating a randomly initialised backbone", RANDOM_WEIGHTS)
+    else:
+        load_pretrained_weights(model, pretrained_weights, "teacher")
+    model.eval()
+    if device is not None:
+        model.to(device)
+    return model
+
+
+def _setup(args: argparse.Namespace):
+    """The training's setup for an eval run: config, process group (if launched so), logging, seeds, config.yaml."""
+    from dinov2 import distributed
+    from dinov2.logging import setup_logging
+    from dinov2.utils.config import get_cfg_from_args, write_config
+    from dinov2.utils.utils import fix_random_seeds, get_sha
+
+    config = get_cfg_from_args(args)  # also makes args.output_dir absolute
+    os.makedirs(args.output_dir, exist_ok=True)
+    distributed.enable(overwrite=True)
+    setup_logging(output=args.output_dir, level=logging.INFO)
+    fix_random_seeds(getattr(args, "seed", 0) + distributed.get_global_rank())
+    logger.info("git:\n  %s\n", get_sha())
+    logger.info("\n".join(f"{key}: {value}" for key, value in sorted(vars(args).items())))
+    if distributed.is_main_process():
+        write_config(config, args.output_dir)
+    return config
+
+
+def setup_and_build_model(args: argparse.Namespace) -> tuple[nn.Module, torch.dtype]:
+    """Runs the training setup (config, logging, seeds, process group if launched so) and builds the teacher.
+
+    On CPU the autocast dtype is float32: fp16/bf16 autocast there is slow and changes the features' numerics.
+    """
+    from dinov2 import distributed
+
+    torch.backends.cudnn.benchmark = True
+    config = _setup(args)
+    device = distributed.get_device()
+    model = build_model_for_eval(config, args.pretrained_weights, device=device)
+    autocast_dtype = get_autocast_dtype(config)
+    if device.type == "cpu" and autocast_dtype != torch.float32:
+        logger.info("running on CPU: evaluating in float32 instead of %s", autocast_dtype)
+        autocast_dtype = torch.float32
+    return model, autocast_dtype
