@@ -21,6 +21,7 @@ import torch
 from fvcore.common.checkpoint import Checkpointer, PeriodicCheckpointer
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
 
 from dinov2 import distributed
 from dinov2.eval.metrics import MetricType, build_metric
@@ -50,6 +51,7 @@ __all__ = [
     "evaluate_linear_classifiers",
     "eval_linear",
     "make_eval_data_loader",
+    "make_train_data_loader",
     "test_on_datasets",
     "run_eval_linear",
     "main",
@@ -477,6 +479,30 @@ def _load_class_mapping(path: str | None) -> torch.Tensor | None:
     return torch.as_tensor(np.load(path)).long()
 
 
+def make_train_data_loader(
+    dataset: Dataset, *, batch_size: int, num_workers: int, seed: int = 0, start_iter: int = 0
+) -> DataLoader:
+    """The heads' infinite, sharded, shuffled training stream, continued after ``start_iter`` iterations.
+
+    ``sampler_advance`` counts the samples consumed by all ranks together: ``start_iter`` iterations of
+    ``batch_size`` samples on each of the world's ranks. (The reference passed ``start_iter`` alone, so a resumed run
+    replayed samples it had already trained on.)
+    """
+    from dinov2.data import SamplerType, make_data_loader
+
+    return make_data_loader(
+        dataset=dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        shuffle=True,
+        seed=seed,
+        sampler_type=SamplerType.SHARDED_INFINITE,
+        sampler_advance=start_iter * batch_size * distributed.get_global_size(),
+        drop_last=True,
+        persistent_workers=num_workers > 0,
+    )
+
+
 def run_eval_linear(
     model: nn.Module,
     output_dir: str,
@@ -502,7 +528,7 @@ def run_eval_linear(
     eval_transform: Callable | None = None,
 ) -> dict[str, Any]:
     """Linear probe of ``model`` on dataset strings; returns the chosen head and its accuracies (in %)."""
-    from dinov2.data import SamplerType, make_data_loader, make_dataset
+    from dinov2.data import make_dataset
     from dinov2.data.transforms import make_classification_train_transform
 
     seed = 0
@@ -545,17 +571,8 @@ def run_eval_linear(
     )
     start_iter = checkpointer.resume_or_load(classifier_fpath or "", resume=resume).get("iteration", -1) + 1
 
-    # The reference advanced the sampler by start_iter *samples*; a resumed run must skip start_iter *batches*.
-    train_data_loader = make_data_loader(
-        dataset=train_dataset,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        shuffle=True,
-        seed=seed,
-        sampler_type=SamplerType.SHARDED_INFINITE,
-        sampler_advance=start_iter * batch_size,
-        drop_last=True,
-        persistent_workers=num_workers > 0,
+    train_data_loader = make_train_data_loader(
+        train_dataset, batch_size=batch_size, num_workers=num_workers, seed=seed, start_iter=start_iter
     )
     val_data_loader = make_eval_data_loader(
         val_dataset_str, batch_size, num_workers, val_metric_type, transform=eval_transform

@@ -1,4 +1,5 @@
 import argparse
+import importlib
 import sys
 import types
 
@@ -49,3 +50,37 @@ def test_each_launcher_targets_its_eval():
     assert knn.Evaluator(args).main_module == "dinov2.eval.knn"
     assert linear.Evaluator(args).main_module == "dinov2.eval.linear"
     assert log_regression.Evaluator(args).main_module == "dinov2.eval.log_regression"
+
+
+@pytest.mark.parametrize(
+    ("launcher", "job_name", "eval_flags", "expected"),
+    [
+        (knn, "dinov2:knn", ["--nb_knn", "5", "20", "--temperature", "0.1"], {"nb_knn": [5, 20], "temperature": 0.1}),
+        (linear, "dinov2:linear", ["--epochs", "2", "--no-resume"], {"epochs": 2, "no_resume": True}),
+        (log_regression, "dinov2:logreg", ["--max-train-iters", "7"], {"max_train_iters": 7}),
+    ],
+)
+def test_launcher_parses_eval_and_submit_flags_and_runs_its_eval(
+    launcher, job_name, eval_flags, expected, local_job_env, monkeypatch, tmp_path
+):
+    import dinov2.run.submit
+
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text("{}\n")
+    submitted, ran = [], []
+    monkeypatch.setattr(dinov2.run.submit, "submit_jobs", lambda task, args, name: submitted.append((task, args, name)))
+    monkeypatch.setattr(importlib.import_module(launcher.Evaluator.main_module), "main", ran.append)
+    argv = ["--nodes", "2", "--config-file", str(config_file), "--output-dir", str(tmp_path / "%j"), *eval_flags]
+    assert launcher.main(argv) == 0
+
+    ((task_class, args, name),) = submitted
+    assert task_class is launcher.Evaluator and name == job_name
+    assert args.nodes == 2 and args.train_dataset_str == "ImageNet:split=TRAIN"  # a submit flag, an eval default
+    assert {key: getattr(args, key) for key in expected} == expected
+    task_class(args)()  # what the job runs
+    assert ran == [args] and args.output_dir == str(tmp_path / "4242")
+
+
+def test_launcher_rejects_missing_config_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--config-file"):
+        knn.main(["--config-file", str(tmp_path / "missing.yaml")])
