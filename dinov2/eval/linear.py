@@ -8,10 +8,8 @@ last block, times 13 learning rates (52 heads), trained with SGD and a cosine sc
 """
 
 import argparse
-import json
 import logging
 import os
-import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from typing import Any
@@ -25,10 +23,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from dinov2 import distributed
 from dinov2.eval.metrics import MetricType, build_metric
+from dinov2.eval.setup import eval_transform_from_args, run_cli, run_eval
 from dinov2.eval.setup import get_args_parser as get_setup_args_parser
-from dinov2.eval.setup import setup_and_build_model
 from dinov2.eval.utils import (
     ModelWithIntermediateLayers,
+    append_results,
     autocast_context,
     evaluate,
     get_model_device,
@@ -276,12 +275,7 @@ def evaluate_linear_classifiers(
 
     results_dict = {"best_classifier": {"name": best_classifier, "accuracy": max_accuracy}}
     logger.info("best classifier: %s", results_dict["best_classifier"])
-    if distributed.is_main_process() and metrics_file_path:
-        with open(metrics_file_path, "a") as f:
-            f.write(f"iter: {iteration}\n")
-            for key, value in results_dict.items():
-                f.write(json.dumps({key: value}) + "\n")
-            f.write("\n")
+    append_results(metrics_file_path, [{key: value} for key, value in results_dict.items()], iteration=iteration)
     return results_dict
 
 
@@ -625,23 +619,18 @@ def run_eval_linear(
 
 
 def main(args: argparse.Namespace) -> int:
-    from dinov2.data.transforms import make_classification_eval_transform, make_classification_train_transform
+    from dinov2.data.transforms import make_classification_train_transform
 
-    model, autocast_dtype = setup_and_build_model(args)
-    run_eval_linear(
-        model=model,
-        output_dir=args.output_dir,
-        train_dataset_str=args.train_dataset_str,
-        val_dataset_str=args.val_dataset_str,
+    return run_eval(
+        args,
+        run_eval_linear,
         test_dataset_strs=args.test_dataset_strs,
-        batch_size=args.batch_size,
         epochs=args.epochs,
         epoch_length=args.epoch_length,
         num_workers=args.num_workers,
         save_checkpoint_frequency=args.save_checkpoint_frequency,
         eval_period_iterations=args.eval_period_iterations,
         learning_rates=args.learning_rates,
-        autocast_dtype=autocast_dtype,
         resume=not args.no_resume,
         classifier_fpath=args.classifier_fpath,
         val_metric_type=args.val_metric_type,
@@ -649,13 +638,9 @@ def main(args: argparse.Namespace) -> int:
         val_class_mapping_fpath=args.val_class_mapping_fpath,
         test_class_mapping_fpaths=args.test_class_mapping_fpaths,
         train_transform=make_classification_train_transform(crop_size=args.crop_size),
-        eval_transform=make_classification_eval_transform(resize_size=args.resize_size, crop_size=args.crop_size),
+        eval_transform=eval_transform_from_args(args),
     )
-    return 0
 
 
 if __name__ == "__main__":
-    description = "DINOv2 linear evaluation"
-    args_parser = get_args_parser(description=description)
-    args = args_parser.parse_args()
-    sys.exit(main(args))
+    run_cli(main, get_args_parser, "DINOv2 linear evaluation")
