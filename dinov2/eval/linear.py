@@ -3,7 +3,7 @@
 The grid is the reference's: CLS tokens of the last 1 or 4 blocks, with or without the average patch token of the
 last block, times 13 learning rates (52 heads), trained with SGD and a cosine schedule on one shared feature pass.
 
-    python -m dinov2.eval.linear --config-file CFG --pretrained-weights CKPT --output-dir DIR \
+    python -m dinov2.eval.linear --config-file CFG --pretrained-weights CKPT --output-dir DIR \\
         --train-dataset ImageFolder:root=... --val-dataset ImageFolder:root=...
 """
 

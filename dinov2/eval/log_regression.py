@@ -5,7 +5,7 @@ the same model (multinomial, L2 penalty on the weights, unpenalised bias, ``C`` 
 on the summed loss, as in cuML and scikit-learn) is fitted with ``torch.optim.LBFGS`` on any device, float64 on CPU
 by default. The C sweep is spread over ranks; only the selection accuracies are exchanged (an all-reduce).
 
-    python -m dinov2.eval.log_regression --config-file CFG --pretrained-weights CKPT --output-dir DIR \
+    python -m dinov2.eval.log_regression --config-file CFG --pretrained-weights CKPT --output-dir DIR \\
         --train-dataset ImageFolder:root=... --val-dataset ImageFolder:root=...
 """
 

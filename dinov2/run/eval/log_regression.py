@@ -1,8 +1,4 @@
-"""Submits the DINOv2 logistic regression evaluation to SLURM with submitit (eval flags + submit flags).
-
-    PYTHONPATH=. python dinov2/run/eval/log_regression.py --nodes 1 --ngpus 8 --config-file CFG \
-        --pretrained-weights CKPT --output-dir DIR --train-dataset ... --val-dataset ...
-"""
+"""Submits the DINOv2 logistic regression evaluation to SLURM with submitit (usage: see ``_evaluator``)."""
 
 import sys
 
