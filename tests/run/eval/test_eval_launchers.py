@@ -1,5 +1,6 @@
 import argparse
 import importlib
+import os
 import sys
 import types
 
@@ -9,23 +10,8 @@ from dinov2.run.eval import knn, linear, log_regression
 from dinov2.run.eval._evaluator import Evaluator
 
 
-@pytest.fixture
-def local_job_env(monkeypatch):
-    """The variables submitit's local executor sets inside a job (job id 4242, one task)."""
-    env = {
-        "SUBMITIT_EXECUTOR": "local",
-        "SUBMITIT_LOCAL_JOB_ID": "4242",
-        "SUBMITIT_LOCAL_NTASKS": "1",
-        "SUBMITIT_LOCAL_JOB_NUM_NODES": "1",
-        "SUBMITIT_LOCAL_NODEID": "0",
-        "SUBMITIT_LOCAL_GLOBALID": "0",
-        "SUBMITIT_LOCAL_LOCALID": "0",
-    }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-
-
-def test_evaluator_substitutes_job_id_and_runs_the_eval_main(local_job_env, monkeypatch):
+def test_evaluator_substitutes_job_id_and_runs_the_eval_main(submitit_local_task, monkeypatch):
+    submitit_local_task("4242")
     calls = []
     fake = types.ModuleType("fake_eval")
     fake.main = lambda args: calls.append(args.output_dir) or 0
@@ -33,6 +19,16 @@ def test_evaluator_substitutes_job_id_and_runs_the_eval_main(local_job_env, monk
     evaluator = Evaluator(argparse.Namespace(output_dir="/out/%j/knn"), "fake_eval")
     assert evaluator() == 0
     assert calls == ["/out/4242/knn"]
+
+
+def test_evaluator_makes_the_tasks_of_a_local_job_torchrun_ranks(submitit_local_task, monkeypatch):
+    submitit_local_task("4243", ntasks=2, rank=1)
+    seen = []
+    fake = types.ModuleType("fake_eval")
+    fake.main = lambda args: seen.append({key: os.environ.get(key) for key in ("RANK", "WORLD_SIZE")}) or 0
+    monkeypatch.setitem(sys.modules, "fake_eval", fake)
+    Evaluator(argparse.Namespace(output_dir="/out/%j"), "fake_eval")()
+    assert seen == [{"RANK": "1", "WORLD_SIZE": "2"}]
 
 
 def test_checkpoint_requeues_same_arguments():
@@ -61,8 +57,9 @@ def test_each_launcher_targets_its_eval():
     ],
 )
 def test_launcher_parses_eval_and_submit_flags_and_runs_its_eval(
-    launcher, job_name, eval_flags, expected, local_job_env, monkeypatch, tmp_path
+    launcher, job_name, eval_flags, expected, submitit_local_task, monkeypatch, tmp_path
 ):
+    submitit_local_task("4242")
     import dinov2.run.submit
 
     config_file = tmp_path / "config.yaml"
