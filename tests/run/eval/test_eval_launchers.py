@@ -10,6 +10,14 @@ from dinov2.run.eval import knn, linear, log_regression
 from dinov2.run.eval._evaluator import Evaluator
 
 
+@pytest.fixture(autouse=True)
+def _keep_logging_config(monkeypatch):
+    """A launcher configures the package logger; in tests that would change what later tests' caplog sees."""
+    import dinov2.logging
+
+    monkeypatch.setattr(dinov2.logging, "setup_logging", lambda *args, **kwargs: None)
+
+
 def test_evaluator_substitutes_job_id_and_runs_the_eval_main(submitit_local_task, monkeypatch):
     submitit_local_task("4242")
     calls = []
