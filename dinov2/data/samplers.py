@@ -53,7 +53,50 @@ def _local_skip(advance: int, start: int, step: int) -> int:
     return max(0, -(-(advance - start) // step))
 
 
-class EpochSampler(torch.utils.data.Sampler):
+def _randperm(n: int, generator: torch.Generator) -> np.ndarray:
+    """``randperm(n)`` in the reference's index dtype (int32 up to 2**31), whose draws depend on the dtype."""
+    dtype = torch.int32 if n <= 2**31 else torch.int64
+    return torch.randperm(n, dtype=dtype, generator=generator).numpy()  # [n]
+
+
+def _seeded_generator(seed: int) -> torch.Generator:
+    # Samplers call this in __iter__, not __init__, so that they stay picklable.
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return generator
+
+
+class _RankStridedSampler(torch.utils.data.Sampler):
+    """The arguments every sampler here shares: ``sample_count`` dataset indices, shuffling and its seed, this
+    rank's stride (``start`` = rank, ``step`` = world size; from ``dinov2.distributed`` by default) and the global
+    resume position ``advance``."""
+
+    def __init__(
+        self,
+        *,
+        sample_count: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        start: int | None = None,
+        step: int | None = None,
+        advance: int = 0,
+    ) -> None:
+        if sample_count <= 0:
+            raise ValueError(
+                f"{type(self).__name__} needs sample_count > 0 (got {sample_count}); is the dataset empty?"
+            )
+        self._sample_count = int(sample_count)
+        self._shuffle = shuffle
+        self._seed = seed
+        self._start, self._step = _resolve_rank(start, step)
+        self._advance = _check_advance(advance)
+
+    def _local_skip(self) -> int:
+        """How many of this rank's items the global position ``advance`` skips."""
+        return _local_skip(self._advance, self._start, self._step)
+
+
+class EpochSampler(_RankStridedSampler):
     """``size`` indices per epoch: the dataset tiled as often as needed, optionally drawn without replacement.
 
     The global stream of an epoch depends on (seed, epoch) only. ``advance`` applies to the next epoch iterated
@@ -71,14 +114,10 @@ class EpochSampler(torch.utils.data.Sampler):
         step: int | None = None,
         advance: int = 0,
     ) -> None:
-        if size <= 0 or sample_count <= 0:
-            raise ValueError(f"EpochSampler needs size > 0 and sample_count > 0, got {size} and {sample_count}")
+        super().__init__(sample_count=sample_count, shuffle=shuffle, seed=seed, start=start, step=step, advance=advance)
+        if size <= 0:
+            raise ValueError(f"EpochSampler needs size > 0 (samples per epoch), got {size}")
         self._size = int(size)
-        self._sample_count = int(sample_count)
-        self._shuffle = shuffle
-        self._seed = seed
-        self._start, self._step = _resolve_rank(start, step)
-        self._advance = _check_advance(advance)
         if self._advance >= self._size:
             raise ValueError(
                 f"EpochSampler advance={advance} is not below the epoch size {size}; call set_epoch(advance // size) "
@@ -95,58 +134,37 @@ class EpochSampler(torch.utils.data.Sampler):
         return np.random.default_rng(seed).choice(tiled, self._size, replace=False)  # [size]
 
     def __iter__(self) -> Iterator[int]:
-        skip = _local_skip(self._advance, self._start, self._step)
+        skip = self._local_skip()
         self._advance = 0
         indices = self._epoch_indices()
         yield from indices[self._start + skip * self._step :: self._step].tolist()
 
     def __len__(self) -> int:
-        return -(-(self._size - self._start) // self._step) - _local_skip(self._advance, self._start, self._step)
+        return -(-(self._size - self._start) // self._step) - self._local_skip()
 
     def set_epoch(self, epoch: int) -> None:
         self._epoch = epoch
 
 
-class InfiniteSampler(torch.utils.data.Sampler):
+class InfiniteSampler(_RankStridedSampler):
     """Endless passes over the dataset, each pass a fresh permutation when ``shuffle`` (one generator seeded once).
 
     The global stream is the concatenation of the passes, independent of the world size.
     """
 
-    def __init__(
-        self,
-        *,
-        sample_count: int,
-        shuffle: bool = False,
-        seed: int = 0,
-        start: int | None = None,
-        step: int | None = None,
-        advance: int = 0,
-    ) -> None:
-        if sample_count <= 0:
-            raise ValueError(f"InfiniteSampler needs sample_count > 0 (got {sample_count}); is the dataset empty?")
-        self._sample_count = int(sample_count)
-        self._shuffle = shuffle
-        self._seed = seed
-        self._start, self._step = _resolve_rank(start, step)
-        self._advance = _check_advance(advance)
-
     def __iter__(self) -> Iterator[int]:
         n = self._sample_count
-        position = self._start + _local_skip(self._advance, self._start, self._step) * self._step
+        position = self._start + self._local_skip() * self._step
         if not self._shuffle:
             while True:
                 yield position % n
                 position += self._step
-        # Created here, not in __init__, so the sampler stays picklable.
-        generator = torch.Generator()
-        generator.manual_seed(self._seed)
-        dtype = torch.int32 if n <= 2**31 else torch.int64
+        generator = _seeded_generator(self._seed)
         current_pass, perm = -1, None
         while True:
             pass_index, offset = divmod(position, n)
             while current_pass < pass_index:  # earlier passes are drawn and dropped to keep the generator in sync
-                perm = torch.randperm(n, dtype=dtype, generator=generator).numpy()  # [n]
+                perm = _randperm(n, generator)  # [n]
                 current_pass += 1
             yield int(perm[offset])
             position += self._step
@@ -167,7 +185,7 @@ def _shuffle_slice_randperm(values: np.ndarray, generator: torch.Generator) -> n
     return values[torch.randperm(len(values), generator=generator).numpy()]
 
 
-class ShardedInfiniteSampler(torch.utils.data.Sampler):
+class ShardedInfiniteSampler(_RankStridedSampler):
     """Endless passes where rank ``r`` only shuffles its shard ``perm[r::W]`` of one global permutation.
 
     Each pass of rank r yields ``sample_count // W`` items (``sample_count mod W`` samples of the permutation are
@@ -187,20 +205,16 @@ class ShardedInfiniteSampler(torch.utils.data.Sampler):
         advance: int = 0,
         use_new_shuffle_tensor_slice: bool = False,
     ) -> None:
-        self._start, self._step = _resolve_rank(start, step)
+        super().__init__(sample_count=sample_count, shuffle=shuffle, seed=seed, start=start, step=step, advance=advance)
         if sample_count < self._step:
             raise ValueError(
                 f"ShardedInfiniteSampler needs at least one sample per rank: sample_count={sample_count} < world size "
                 f"{self._step}"
             )
-        self._sample_count = int(sample_count)
-        self._shuffle = shuffle
-        self._seed = seed
-        self._advance = _check_advance(advance)
         self._shuffle_slice = _shuffle_slice_randperm if use_new_shuffle_tensor_slice else _shuffle_slice_inside_out
 
     def __iter__(self) -> Iterator[int]:
-        local_skip = _local_skip(self._advance, self._start, self._step)
+        local_skip = self._local_skip()
         if not self._shuffle:
             shard = range(self._start, self._sample_count, self._step)
             yield from shard[local_skip % len(shard) :]
@@ -215,11 +229,8 @@ class ShardedInfiniteSampler(torch.utils.data.Sampler):
                 self._sample_count,
                 self._step,
             )
-        # Created here, not in __init__, so the sampler stays picklable.
-        generator = torch.Generator()
-        generator.manual_seed(self._seed)
-        dtype = torch.int32 if self._sample_count <= 2**31 else torch.int64
-        perm = torch.randperm(self._sample_count, dtype=dtype, generator=generator).numpy()  # [sample_count]
+        generator = _seeded_generator(self._seed)
+        perm = _randperm(self._sample_count, generator)  # [sample_count]
         shard_values = perm[self._start :: self._step][:count]  # [count]
         iter_count, offset = divmod(local_skip, count)
         while True:

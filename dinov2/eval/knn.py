@@ -6,10 +6,8 @@ are sharded over ranks and each query batch is matched against every shard.
 """
 
 import argparse
-import json
 import logging
 import os
-import sys
 from collections.abc import Callable, Sequence
 from functools import partial
 
@@ -20,11 +18,12 @@ from torch.utils.data import Dataset
 
 from dinov2 import distributed
 from dinov2.eval.metrics import AccuracyAveraging, build_topk_accuracy_metric
+from dinov2.eval.setup import eval_transform_from_args, run_cli, run_eval
 from dinov2.eval.setup import get_args_parser as get_setup_args_parser
-from dinov2.eval.setup import setup_and_build_model
 from dinov2.eval.utils import (
     ModelWithNormalize,
     all_gather_and_flatten,
+    append_results,
     autocast_context,
     evaluate,
     extract_features,
@@ -347,41 +346,27 @@ def eval_knn_with_model(
             results_dict[f"{key} Top 5"] = top5
             logger.info("%s classifier result: Top1: %.2f Top5: %.2f", key, top1, top5)
         if output_dir:
-            os.makedirs(output_dir, exist_ok=True)
             metrics_file_path = os.path.join(output_dir, "results_eval_knn.json")
-            with open(metrics_file_path, "a") as f:
-                for name, value in results_dict.items():
-                    f.write(json.dumps({name: value}) + "\n")
+            append_results(metrics_file_path, [{name: value} for name, value in results_dict.items()])
             logger.info("k-NN results appended to %s", metrics_file_path)
     distributed.barrier()
     return results_dict
 
 
 def main(args: argparse.Namespace) -> int:
-    from dinov2.data.transforms import make_classification_eval_transform
-
-    model, autocast_dtype = setup_and_build_model(args)
-    eval_knn_with_model(
-        model=model,
-        output_dir=args.output_dir,
-        train_dataset_str=args.train_dataset_str,
-        val_dataset_str=args.val_dataset_str,
+    return run_eval(
+        args,
+        eval_knn_with_model,
         nb_knn=args.nb_knn,
         temperature=args.temperature,
-        autocast_dtype=autocast_dtype,
         accuracy_averaging=AccuracyAveraging.MEAN_ACCURACY,
-        transform=make_classification_eval_transform(resize_size=args.resize_size, crop_size=args.crop_size),
+        transform=eval_transform_from_args(args),
         gather_on_cpu=args.gather_on_cpu,
-        batch_size=args.batch_size,
         num_workers=args.num_workers,
         n_per_class_list=args.n_per_class_list,
         n_tries=args.n_tries,
     )
-    return 0
 
 
 if __name__ == "__main__":
-    description = "DINOv2 k-NN evaluation"
-    args_parser = get_args_parser(description=description)
-    args = args_parser.parse_args()
-    sys.exit(main(args))
+    run_cli(main, get_args_parser, "DINOv2 k-NN evaluation")

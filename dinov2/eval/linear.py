@@ -3,15 +3,13 @@
 The grid is the reference's: CLS tokens of the last 1 or 4 blocks, with or without the average patch token of the
 last block, times 13 learning rates (52 heads), trained with SGD and a cosine schedule on one shared feature pass.
 
-    python -m dinov2.eval.linear --config-file CFG --pretrained-weights CKPT --output-dir DIR \
+    python -m dinov2.eval.linear --config-file CFG --pretrained-weights CKPT --output-dir DIR \\
         --train-dataset ImageFolder:root=... --val-dataset ImageFolder:root=...
 """
 
 import argparse
-import json
 import logging
 import os
-import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from typing import Any
@@ -21,13 +19,15 @@ import torch
 from fvcore.common.checkpoint import Checkpointer, PeriodicCheckpointer
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
 
 from dinov2 import distributed
 from dinov2.eval.metrics import MetricType, build_metric
+from dinov2.eval.setup import eval_transform_from_args, run_cli, run_eval
 from dinov2.eval.setup import get_args_parser as get_setup_args_parser
-from dinov2.eval.setup import setup_and_build_model
 from dinov2.eval.utils import (
     ModelWithIntermediateLayers,
+    append_results,
     autocast_context,
     evaluate,
     get_model_device,
@@ -50,6 +50,7 @@ __all__ = [
     "evaluate_linear_classifiers",
     "eval_linear",
     "make_eval_data_loader",
+    "make_train_data_loader",
     "test_on_datasets",
     "run_eval_linear",
     "main",
@@ -274,12 +275,7 @@ def evaluate_linear_classifiers(
 
     results_dict = {"best_classifier": {"name": best_classifier, "accuracy": max_accuracy}}
     logger.info("best classifier: %s", results_dict["best_classifier"])
-    if distributed.is_main_process() and metrics_file_path:
-        with open(metrics_file_path, "a") as f:
-            f.write(f"iter: {iteration}\n")
-            for key, value in results_dict.items():
-                f.write(json.dumps({key: value}) + "\n")
-            f.write("\n")
+    append_results(metrics_file_path, [{key: value} for key, value in results_dict.items()], iteration=iteration)
     return results_dict
 
 
@@ -477,6 +473,30 @@ def _load_class_mapping(path: str | None) -> torch.Tensor | None:
     return torch.as_tensor(np.load(path)).long()
 
 
+def make_train_data_loader(
+    dataset: Dataset, *, batch_size: int, num_workers: int, seed: int = 0, start_iter: int = 0
+) -> DataLoader:
+    """The heads' infinite, sharded, shuffled training stream, continued after ``start_iter`` iterations.
+
+    ``sampler_advance`` counts the samples consumed by all ranks together: ``start_iter`` iterations of
+    ``batch_size`` samples on each of the world's ranks. (The reference passed ``start_iter`` alone, so a resumed run
+    replayed samples it had already trained on.)
+    """
+    from dinov2.data import SamplerType, make_data_loader
+
+    return make_data_loader(
+        dataset=dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        shuffle=True,
+        seed=seed,
+        sampler_type=SamplerType.SHARDED_INFINITE,
+        sampler_advance=start_iter * batch_size * distributed.get_global_size(),
+        drop_last=True,
+        persistent_workers=num_workers > 0,
+    )
+
+
 def run_eval_linear(
     model: nn.Module,
     output_dir: str,
@@ -502,7 +522,7 @@ def run_eval_linear(
     eval_transform: Callable | None = None,
 ) -> dict[str, Any]:
     """Linear probe of ``model`` on dataset strings; returns the chosen head and its accuracies (in %)."""
-    from dinov2.data import SamplerType, make_data_loader, make_dataset
+    from dinov2.data import make_dataset
     from dinov2.data.transforms import make_classification_train_transform
 
     seed = 0
@@ -545,17 +565,8 @@ def run_eval_linear(
     )
     start_iter = checkpointer.resume_or_load(classifier_fpath or "", resume=resume).get("iteration", -1) + 1
 
-    # The reference advanced the sampler by start_iter *samples*; a resumed run must skip start_iter *batches*.
-    train_data_loader = make_data_loader(
-        dataset=train_dataset,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        shuffle=True,
-        seed=seed,
-        sampler_type=SamplerType.SHARDED_INFINITE,
-        sampler_advance=start_iter * batch_size,
-        drop_last=True,
-        persistent_workers=num_workers > 0,
+    train_data_loader = make_train_data_loader(
+        train_dataset, batch_size=batch_size, num_workers=num_workers, seed=seed, start_iter=start_iter
     )
     val_data_loader = make_eval_data_loader(
         val_dataset_str, batch_size, num_workers, val_metric_type, transform=eval_transform
@@ -608,23 +619,18 @@ def run_eval_linear(
 
 
 def main(args: argparse.Namespace) -> int:
-    from dinov2.data.transforms import make_classification_eval_transform, make_classification_train_transform
+    from dinov2.data.transforms import make_classification_train_transform
 
-    model, autocast_dtype = setup_and_build_model(args)
-    run_eval_linear(
-        model=model,
-        output_dir=args.output_dir,
-        train_dataset_str=args.train_dataset_str,
-        val_dataset_str=args.val_dataset_str,
+    return run_eval(
+        args,
+        run_eval_linear,
         test_dataset_strs=args.test_dataset_strs,
-        batch_size=args.batch_size,
         epochs=args.epochs,
         epoch_length=args.epoch_length,
         num_workers=args.num_workers,
         save_checkpoint_frequency=args.save_checkpoint_frequency,
         eval_period_iterations=args.eval_period_iterations,
         learning_rates=args.learning_rates,
-        autocast_dtype=autocast_dtype,
         resume=not args.no_resume,
         classifier_fpath=args.classifier_fpath,
         val_metric_type=args.val_metric_type,
@@ -632,13 +638,9 @@ def main(args: argparse.Namespace) -> int:
         val_class_mapping_fpath=args.val_class_mapping_fpath,
         test_class_mapping_fpaths=args.test_class_mapping_fpaths,
         train_transform=make_classification_train_transform(crop_size=args.crop_size),
-        eval_transform=make_classification_eval_transform(resize_size=args.resize_size, crop_size=args.crop_size),
+        eval_transform=eval_transform_from_args(args),
     )
-    return 0
 
 
 if __name__ == "__main__":
-    description = "DINOv2 linear evaluation"
-    args_parser = get_args_parser(description=description)
-    args = args_parser.parse_args()
-    sys.exit(main(args))
+    run_cli(main, get_args_parser, "DINOv2 linear evaluation")

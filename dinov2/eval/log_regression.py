@@ -5,15 +5,13 @@ the same model (multinomial, L2 penalty on the weights, unpenalised bias, ``C`` 
 on the summed loss, as in cuML and scikit-learn) is fitted with ``torch.optim.LBFGS`` on any device, float64 on CPU
 by default. The C sweep is spread over ranks; only the selection accuracies are exchanged (an all-reduce).
 
-    python -m dinov2.eval.log_regression --config-file CFG --pretrained-weights CKPT --output-dir DIR \
+    python -m dinov2.eval.log_regression --config-file CFG --pretrained-weights CKPT --output-dir DIR \\
         --train-dataset ImageFolder:root=... --val-dataset ImageFolder:root=...
 """
 
 import argparse
-import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -25,9 +23,9 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from dinov2 import distributed
 from dinov2.eval.metrics import MetricType, build_metric
+from dinov2.eval.setup import eval_transform_from_args, run_cli, run_eval
 from dinov2.eval.setup import get_args_parser as get_setup_args_parser
-from dinov2.eval.setup import setup_and_build_model
-from dinov2.eval.utils import autocast_context, evaluate, extract_features, get_model_device
+from dinov2.eval.utils import append_results, autocast_context, evaluate, extract_features, get_model_device
 from dinov2.utils.dtype import as_torch_dtype
 
 logger = logging.getLogger("dinov2")
@@ -432,38 +430,25 @@ def eval_log_regression_with_model(
         results_dict["top-5"],
         results_dict["best_C"],
     )
-    if output_dir and distributed.is_main_process():
-        os.makedirs(output_dir, exist_ok=True)
-        with open(os.path.join(output_dir, "results_eval_log_regression.json"), "a") as f:
-            f.write(json.dumps(results_dict) + "\n")
+    if output_dir:
+        append_results(os.path.join(output_dir, "results_eval_log_regression.json"), [results_dict])
     distributed.barrier()
     return results_dict
 
 
 def main(args: argparse.Namespace) -> int:
-    from dinov2.data.transforms import make_classification_eval_transform
-
-    model, autocast_dtype = setup_and_build_model(args)
-    eval_log_regression_with_model(
-        model=model,
-        train_dataset_str=args.train_dataset_str,
-        val_dataset_str=args.val_dataset_str,
+    return run_eval(
+        args,
+        eval_log_regression_with_model,
         finetune_dataset_str=args.finetune_dataset_str,
-        autocast_dtype=autocast_dtype,
         finetune_on_val=args.finetune_on_val,
         metric_type=args.metric_type,
         train_dtype=as_torch_dtype(args.train_dtype),
         train_features_device=torch.device(args.train_features_device),
         max_train_iters=args.max_train_iters,
-        transform=make_classification_eval_transform(resize_size=args.resize_size, crop_size=args.crop_size),
-        batch_size=args.batch_size,
-        output_dir=args.output_dir,
+        transform=eval_transform_from_args(args),
     )
-    return 0
 
 
 if __name__ == "__main__":
-    description = "DINOv2 logistic regression evaluation"
-    args_parser = get_args_parser(description=description)
-    args = args_parser.parse_args()
-    sys.exit(main(args))
+    run_cli(main, get_args_parser, "DINOv2 logistic regression evaluation")

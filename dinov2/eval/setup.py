@@ -3,6 +3,9 @@
 import argparse
 import logging
 import os
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import torch
 from torch import nn
@@ -11,7 +14,16 @@ from dinov2.utils.dtype import as_torch_dtype
 
 logger = logging.getLogger("dinov2")
 
-__all__ = ["RANDOM_WEIGHTS", "get_args_parser", "get_autocast_dtype", "build_model_for_eval", "setup_and_build_model"]
+__all__ = [
+    "RANDOM_WEIGHTS",
+    "get_args_parser",
+    "get_autocast_dtype",
+    "build_model_for_eval",
+    "setup_and_build_model",
+    "eval_transform_from_args",
+    "run_eval",
+    "run_cli",
+]
 
 # Value of --pretrained-weights that evaluates a randomly initialised backbone (a baseline), on purpose.
 RANDOM_WEIGHTS = "random"
@@ -103,3 +115,39 @@ def setup_and_build_model(args: argparse.Namespace) -> tuple[nn.Module, torch.dt
         logger.info("running on CPU: evaluating in float32 instead of %s", autocast_dtype)
         autocast_dtype = torch.float32
     return model, autocast_dtype
+
+
+def eval_transform_from_args(args: argparse.Namespace) -> Callable:
+    """The classification eval transform at the ``--resize-size`` / ``--crop-size`` of the command line."""
+    from dinov2.data.transforms import make_classification_eval_transform
+
+    return make_classification_eval_transform(resize_size=args.resize_size, crop_size=args.crop_size)
+
+
+def run_eval(args: argparse.Namespace, eval_with_model: Callable[..., Any], **eval_kwargs: Any) -> int:
+    """The body of every eval entry point's ``main``: training setup, frozen teacher, then ``eval_with_model``.
+
+    ``eval_with_model`` (which writes the results file) receives the model and its autocast dtype plus the flags all
+    evals share (``--output-dir``, ``--train-dataset``, ``--val-dataset``, ``--batch-size``) as keywords, and
+    ``eval_kwargs``, its own flags. Returns 0, the process exit status, as the reference's ``main`` does.
+    """
+    model, autocast_dtype = setup_and_build_model(args)
+    eval_with_model(
+        model=model,
+        autocast_dtype=autocast_dtype,
+        output_dir=args.output_dir,
+        train_dataset_str=args.train_dataset_str,
+        val_dataset_str=args.val_dataset_str,
+        batch_size=args.batch_size,
+        **eval_kwargs,
+    )
+    return 0
+
+
+def run_cli(
+    main: Callable[[argparse.Namespace], int],
+    get_args_parser: Callable[..., argparse.ArgumentParser],
+    description: str,
+) -> NoReturn:
+    """``python -m dinov2.eval.<name>``: parses the command line, runs ``main`` and exits with its status."""
+    sys.exit(main(get_args_parser(description=description).parse_args()))

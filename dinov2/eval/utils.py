@@ -4,7 +4,9 @@ Everything runs in one plain process (CPU or one GPU) as well as under torchrun/
 through ``dinov2.distributed``, whose collectives do nothing without a process group.
 """
 
+import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
@@ -30,6 +32,7 @@ __all__ = [
     "extract_features_with_dataloader",
     "get_model_device",
     "autocast_context",
+    "append_results",
 ]
 
 
@@ -253,3 +256,21 @@ def extract_features_with_dataloader(
     if missing:
         raise RuntimeError(f"{missing} of {sample_count} samples got no feature; sample_count may exceed the loader")
     return features, all_labels
+
+
+def append_results(path: str, records: Iterable[Any], *, iteration: int | None = None) -> None:
+    """Appends ``records`` as JSON lines to the results file ``path`` (main process only; nothing if ``path`` is "").
+
+    The files are the reference's: the evals append, so reruns and periodic validations accumulate. With
+    ``iteration`` the block is framed as in ``results_eval_linear.json``: ``iter: <it>`` first, a blank line last.
+    """
+    if not path or not distributed.is_main_process():
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a") as f:
+        if iteration is not None:
+            f.write(f"iter: {iteration}\n")
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+        if iteration is not None:
+            f.write("\n")

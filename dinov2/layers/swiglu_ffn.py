@@ -34,9 +34,14 @@ class SwiGLUFFN(nn.Module):
     ) -> None:
         super().__init__()
         out_features = out_features or in_features
-        hidden_features = hidden_features or in_features
+        hidden_features = self._hidden_size(hidden_features or in_features)
         self.w12 = nn.Linear(in_features, 2 * hidden_features, bias=bias, device=device, dtype=dtype)
         self.w3 = nn.Linear(hidden_features, out_features, bias=bias, device=device, dtype=dtype)
+
+    @staticmethod
+    def _hidden_size(hidden_features: int) -> int:
+        """The width of ``w12``'s halves and ``w3``'s input for a nominal hidden size (subclasses shrink it)."""
+        return hidden_features
 
     def forward(self, x: Tensor) -> Tensor:
         x1, x2 = self.w12(x).chunk(2, dim=-1)  # [..., hidden] each
@@ -44,29 +49,11 @@ class SwiGLUFFN(nn.Module):
 
 
 class SwiGLUFFNFused(SwiGLUFFN):
-    """SwiGLU whose hidden size is 2/3 of the nominal MLP size rounded up to a multiple of 8 (ViT-g: 6144 -> 4096)."""
+    """SwiGLU whose hidden size is 2/3 of the nominal MLP size rounded up to a multiple of 8 (ViT-g: 6144 -> 4096).
 
-    def __init__(
-        self,
-        in_features: int,
-        hidden_features: int | None = None,
-        out_features: int | None = None,
-        act_layer: Callable[..., nn.Module] | None = None,
-        drop: float = 0.0,
-        bias: bool = True,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        out_features = out_features or in_features
-        hidden_features = hidden_features or in_features
-        hidden_features = (int(hidden_features * 2 / 3) + 7) // 8 * 8
-        super().__init__(
-            in_features,
-            hidden_features,
-            out_features,
-            act_layer,
-            drop,
-            bias,
-            device=device,
-            dtype=dtype,
-        )
+    Same constructor as :class:`SwiGLUFFN`; only the hidden size differs.
+    """
+
+    @staticmethod
+    def _hidden_size(hidden_features: int) -> int:
+        return (int(hidden_features * 2 / 3) + 7) // 8 * 8

@@ -165,3 +165,12 @@ def test_rank_and_world_size_default_to_the_distributed_helpers(monkeypatch: pyt
     assert _take(ShardedInfiniteSampler(sample_count=N), 3) == [1, 3, 5]
     assert list(EpochSampler(size=4, sample_count=N)) == [1, 3]
     assert list(ResumableDistributedSampler(_Sized(4), shuffle=False)) == [1, 3]
+
+
+@pytest.mark.parametrize("sampler_class", [InfiniteSampler, ShardedInfiniteSampler, EpochSampler])
+def test_empty_dataset_error_names_the_sampler(sampler_class) -> None:
+    extra = {"size": 4} if sampler_class is EpochSampler else {}
+    with pytest.raises(ValueError, match=f"{sampler_class.__name__} needs sample_count > 0"):
+        sampler_class(sample_count=0, start=0, step=1, **extra)
+    with pytest.raises(ValueError, match="advance"):
+        sampler_class(sample_count=N, start=0, step=1, advance=-1, **extra)

@@ -5,20 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
 from tests.distributed.spawn import run_ranks
-
-
-class PointDataset(Dataset):
-    def __init__(self, points: torch.Tensor, labels: torch.Tensor) -> None:
-        self.points, self.labels = points, labels
-
-    def __len__(self) -> int:
-        return len(self.points)
-
-    def __getitem__(self, i: int):
-        return self.points[i], int(self.labels[i])
+from tests.eval.points import PointDataset
 
 
 def _data():

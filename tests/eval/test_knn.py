@@ -3,7 +3,6 @@ import math
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
 from dinov2.eval.knn import (
     DictKeysModule,
@@ -14,19 +13,7 @@ from dinov2.eval.knn import (
     get_args_parser,
 )
 from dinov2.eval.metrics import AccuracyAveraging
-
-
-class PointDataset(Dataset):
-    """Items are ``(feature vector, label)``; the 'model' under test is the identity on them."""
-
-    def __init__(self, points: torch.Tensor, labels: torch.Tensor) -> None:
-        self.points, self.labels = points, labels
-
-    def __len__(self) -> int:
-        return len(self.points)
-
-    def __getitem__(self, i: int):
-        return self.points[i], int(self.labels[i])
+from tests.eval.points import PointDataset
 
 
 def _clusters(n_per_class: int, num_classes: int, dim: int, noise: float, seed: int):

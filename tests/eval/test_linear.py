@@ -146,3 +146,22 @@ def test_cli_defaults_match_reference():
 def test_public_names_exist():
     for name in linear.__all__:
         assert hasattr(linear, name), name
+
+
+def test_resumed_train_loader_continues_the_global_stream(monkeypatch):
+    """On rank 0 of 2, a loader resumed after 3 iterations yields what an uninterrupted one yields 4th."""
+    from dinov2 import distributed
+    from dinov2.data import samplers
+
+    monkeypatch.setattr(distributed, "get_global_size", lambda: 2)
+    monkeypatch.setattr(samplers, "get_global_size", lambda: 2)
+    monkeypatch.setattr(samplers, "get_global_rank", lambda: 0)
+    dataset = TensorDataset(torch.arange(40), torch.zeros(40, dtype=torch.long))
+
+    def batches(start_iter, count):
+        loader = linear.make_train_data_loader(dataset, batch_size=4, num_workers=0, start_iter=start_iter)
+        stream = iter(loader)
+        return [next(stream)[0].tolist() for _ in range(count)]
+
+    uninterrupted = batches(start_iter=0, count=5)
+    assert batches(start_iter=3, count=2) == uninterrupted[3:5]

@@ -1,7 +1,6 @@
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
 from dinov2.eval.log_regression import (
     C_POWER_RANGE,
@@ -12,6 +11,7 @@ from dinov2.eval.log_regression import (
     sweep_C_values,
 )
 from dinov2.eval.metrics import MetricType
+from tests.eval.points import PointDataset
 
 
 def _problem(n: int = 150, dim: int = 5, classes: int = 3, seed: int = 0):
@@ -56,17 +56,6 @@ def test_errors_name_the_problem():
         LogRegModule(0.0)
     with pytest.raises(RuntimeError, match="fit"):
         LogRegModule(1.0).predict_proba(torch.zeros(1, 2))
-
-
-class PointDataset(Dataset):
-    def __init__(self, points: torch.Tensor, labels: torch.Tensor) -> None:
-        self.points, self.labels = points, labels
-
-    def __len__(self) -> int:
-        return len(self.points)
-
-    def __getitem__(self, i: int):
-        return self.points[i], int(self.labels[i])
 
 
 def _clusters(n_per_class: int, seed: int):

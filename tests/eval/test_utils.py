@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -7,6 +9,7 @@ from dinov2.eval.metrics import AccuracyAveraging, build_topk_accuracy_metric
 from dinov2.eval.utils import (
     ModelWithIntermediateLayers,
     ModelWithNormalize,
+    append_results,
     evaluate,
     extract_features,
     make_inference_data_loader,
@@ -95,3 +98,17 @@ def test_extract_features_reports_short_loader():
     loader = make_inference_data_loader(DatasetWithIndex(IndexDataset(3)), batch_size=2, num_workers=0)
     with pytest.raises(RuntimeError, match="got no feature"):
         extract_features_with_dataloader(Doubler(), loader, sample_count=5)
+
+
+def test_append_results_appends_json_lines_on_the_main_process_only(tmp_path, monkeypatch):
+    from dinov2 import distributed
+
+    path = tmp_path / "new_dir" / "results.json"
+    append_results(str(path), [{"a": 1.5}])
+    append_results(str(path), [{"b": "x"}, {"c": [1]}], iteration=7)
+    lines = path.read_text().splitlines()
+    assert lines[0] == '{"a": 1.5}' and lines[1] == "iter: 7" and lines[-1] == ""
+    assert [json.loads(line) for line in lines[2:4]] == [{"b": "x"}, {"c": [1]}]
+    monkeypatch.setattr(distributed, "is_main_process", lambda: False)
+    append_results(str(path), [{"d": 0}])
+    assert path.read_text().splitlines() == lines

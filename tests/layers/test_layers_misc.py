@@ -1,3 +1,5 @@
+import inspect
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -23,6 +25,12 @@ def test_swiglu_fused_hidden_rounding(nominal, expected):
     ffn = SwiGLUFFNFused(64, nominal, device="meta")
     assert ffn.w12.weight.shape == (2 * expected, 64)
     assert ffn.w3.weight.shape == (64, expected)
+
+
+def test_swiglu_fused_keeps_the_constructor_and_keys():
+    assert inspect.signature(SwiGLUFFNFused) == inspect.signature(SwiGLUFFN)
+    ffn = SwiGLUFFNFused(in_features=8, hidden_features=24, out_features=5, bias=False, device="meta")
+    assert {k: tuple(v.shape) for k, v in ffn.state_dict().items()} == {"w12.weight": (32, 8), "w3.weight": (5, 16)}
 
 
 def test_swiglu_forward():

@@ -1,7 +1,6 @@
 """Launcher arguments, cluster defaults and submission through submitit's in-process debug executor."""
 
 import argparse
-import os
 import sys
 import types
 from pathlib import Path
@@ -109,23 +108,8 @@ def test_trainer_runs_train_main_and_requeues(generic_cluster: pytest.MonkeyPatc
     assert isinstance(requeued.function, Trainer) and requeued.function.args is args
 
 
-def test_local_job_tasks_become_torchrun_ranks(generic_cluster: pytest.MonkeyPatch) -> None:
-    for key in [key for key in os.environ if key.startswith("SLURM_") or key == "TORCHELASTIC_RUN_ID"]:
-        generic_cluster.delenv(key)
-    for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
-        generic_cluster.setenv(key, "placeholder")  # so that monkeypatch removes what export() writes
-        generic_cluster.delenv(key)
-    local_env = {
-        "SUBMITIT_LOCAL_JOB_ID": "777",
-        "SUBMITIT_LOCAL_NTASKS": "2",
-        "SUBMITIT_LOCAL_JOB_NUM_NODES": "1",
-        "SUBMITIT_LOCAL_NODEID": "0",
-        "SUBMITIT_LOCAL_GLOBALID": "1",
-        "SUBMITIT_LOCAL_LOCALID": "1",
-        "SUBMITIT_EXECUTOR": "local",
-    }
-    for key, value in local_env.items():
-        generic_cluster.setenv(key, value)
+def test_local_job_tasks_become_torchrun_ranks(generic_cluster: pytest.MonkeyPatch, submitit_local_task) -> None:
+    submitit_local_task("777", ntasks=2, rank=1)
     export_job_environment()
     env = _TorchDistributedEnvironment.from_env()
     assert (env.source, env.rank, env.world_size, env.local_rank, env.local_world_size) == ("env", 1, 2, 1, 2)

@@ -1,4 +1,5 @@
-"""A compact, fork-friendly list of file paths: one UTF-8 byte blob plus offsets (numpy, mmap-able).
+"""A compact, fork-friendly list of file paths (one UTF-8 byte blob plus offsets, numpy, mmap-able), and the base
+of the datasets whose samples are image files listed in one (``FileList``, ``ImageFolder``).
 
 Millions of Python strings would cost about a gigabyte and be copied page by page into every forked DataLoader
 worker (reference counting writes to them); two numpy arrays cost the bytes themselves and are shared.
@@ -10,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["PathTable"]
+from .extended import ExtendedVisionDataset
+
+__all__ = ["PathTable", "PathTableDataset"]
 
 
 class PathTable:
@@ -46,3 +49,33 @@ class PathTable:
 
     def tolist(self) -> list[str]:
         return [self[i] for i in range(len(self))]
+
+
+class PathTableDataset(ExtendedVisionDataset):
+    """Sample ``i`` is the image file ``root / _paths[i]`` with integer target ``_targets[i]`` (-1: no label).
+
+    Subclasses only find the files: their ``__init__`` sets ``_paths`` (a ``PathTable`` of paths relative to
+    ``root``) and ``_targets`` (``[N]`` int64, possibly memory-mapped).
+    """
+
+    _paths: PathTable
+    _targets: np.ndarray
+
+    def get_image_path(self, index: int) -> str:
+        return os.path.join(self.root, self._paths[index])
+
+    def describe_sample(self, index: int) -> str:
+        return self.get_image_path(index)
+
+    def get_image_data(self, index: int) -> bytes:
+        with open(self.get_image_path(index), mode="rb") as f:
+            return f.read()
+
+    def get_target(self, index: int) -> int:
+        return int(self._targets[index])
+
+    def get_targets(self) -> np.ndarray:
+        return np.asarray(self._targets)
+
+    def __len__(self) -> int:
+        return len(self._paths)

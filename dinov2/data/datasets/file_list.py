@@ -1,14 +1,12 @@
 """Images listed in a text file: one path per line, optionally followed by a tab and an integer label."""
 
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from ._path_table import PathTable
-from .extended import ExtendedVisionDataset
+from ._path_table import PathTable, PathTableDataset
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +36,7 @@ def _read_list(path: Path) -> tuple[list[str], list[int]]:
     return paths, targets
 
 
-class FileList(ExtendedVisionDataset):
+class FileList(PathTableDataset):
     """The images named in ``path`` (a UTF-8 text file), in file order.
 
     Each non-empty line is ``image_path`` or ``image_path<TAB>label`` (integer; -1 when absent). Relative image
@@ -67,22 +65,3 @@ class FileList(ExtendedVisionDataset):
         self._paths = PathTable.from_paths(path_list)
         self._targets = np.asarray(target_list, dtype=np.int64)  # [N]
         logger.info("FileList %s: %d images", list_path, len(path_list))
-
-    def get_image_path(self, index: int) -> str:
-        return os.path.join(self.root, self._paths[index])
-
-    def describe_sample(self, index: int) -> str:
-        return self.get_image_path(index)
-
-    def get_image_data(self, index: int) -> bytes:
-        with open(self.get_image_path(index), mode="rb") as f:
-            return f.read()
-
-    def get_target(self, index: int) -> int:
-        return int(self._targets[index])
-
-    def get_targets(self) -> np.ndarray:
-        return self._targets
-
-    def __len__(self) -> int:
-        return len(self._paths)

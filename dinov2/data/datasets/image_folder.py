@@ -12,8 +12,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ._path_table import PathTable
-from .extended import ExtendedVisionDataset
+from ._path_table import PathTable, PathTableDataset
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +87,7 @@ def _fingerprint(root: str) -> dict[str, int]:
     return stamps
 
 
-class ImageFolder(ExtendedVisionDataset):
+class ImageFolder(PathTableDataset):
     """Every image under ``root`` (extensions in ``IMAGE_EXTENSIONS``, any case; hidden files skipped).
 
     Labels: with ``labels="auto"``, a root holding only subfolders is a classification layout (class = top-level
@@ -175,22 +174,3 @@ class ImageFolder(ExtendedVisionDataset):
                 logger.info("another process cached the ImageFolder scan in %s first", self.cache_dir)
             else:
                 logger.warning("could not cache the ImageFolder scan in %s (%r); next start rescans", self.cache_dir, e)
-
-    def get_image_path(self, index: int) -> str:
-        return os.path.join(self.root, self._paths[index])
-
-    def describe_sample(self, index: int) -> str:
-        return self.get_image_path(index)
-
-    def get_image_data(self, index: int) -> bytes:
-        with open(self.get_image_path(index), mode="rb") as f:
-            return f.read()
-
-    def get_target(self, index: int) -> int:
-        return int(self._targets[index])
-
-    def get_targets(self) -> np.ndarray:
-        return np.asarray(self._targets)
-
-    def __len__(self) -> int:
-        return len(self._paths)

@@ -1,0 +1,52 @@
+"""The eval entry points end to end: command line -> setup -> teacher (random init) -> eval -> results file."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import dinov2.logging
+from dinov2.eval import knn, linear, log_regression
+
+_EVAL_FLAGS = {
+    knn: "--nb_knn 1 3 --num-workers 0".split(),
+    log_regression: "--max-train-iters 5".split(),
+    linear: "--epochs 1 --epoch-length 2 --eval-period-iterations 2 --learning-rates 0.1 --num-workers 0".split(),
+}
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """Two classes of 6 small images each, dark and bright, in an ImageFolder layout."""
+    rng = np.random.default_rng(0)
+    for label, base in enumerate((40, 200)):
+        (tmp_path / "images" / f"class{label}").mkdir(parents=True)
+        for i in range(6):
+            pixels = np.clip(base + rng.integers(-30, 30, size=(20, 20, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "images" / f"class{label}" / f"{i}.png")
+    return f"ImageFolder:root={tmp_path / 'images'}:extra={tmp_path / 'cache'}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module", [knn, log_regression, linear], ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+def test_main_writes_results_for_a_teacher_on_an_image_folder(module, image_folder, tmp_path, monkeypatch):
+    # The run's logging setup would redirect the package logger for the rest of the test session.
+    monkeypatch.setattr(dinov2.logging, "setup_logging", lambda **kwargs: None)
+    argv = [
+        "--pretrained-weights", "random", "--output-dir", str(tmp_path / "out"),
+        "--opts", "student.arch=vit_tiny", "student.patch_size=14", "crops.global_crops_size=28",
+        "--train-dataset", image_folder, "--val-dataset", image_folder, "--resize-size", "28", "--crop-size", "28",
+        "--batch-size", "4", *_EVAL_FLAGS[module],
+    ]  # fmt: skip
+    assert module.main(module.get_args_parser().parse_args(argv)) == 0
+
+    assert (tmp_path / "out" / "config.yaml").is_file()
+    results_file = {knn: "results_eval_knn.json", log_regression: "results_eval_log_regression.json"}
+    lines = (tmp_path / "out" / results_file.get(module, "results_eval_linear.json")).read_text().splitlines()
+    if module is knn:
+        assert [next(iter(json.loads(line))) for line in lines[:2]] == ["('full', 1) Top 1", "('full', 1) Top 5"]
+    elif module is log_regression:
+        assert set(json.loads(lines[0])) == {"top-1", "top-5", "best_C"}
+    else:
+        assert lines[0] == "iter: 2" and json.loads(lines[1])["best_classifier"]["name"].startswith("classifier_")
