@@ -79,11 +79,12 @@ def raw_pixel_knn(source: str, per_class: int) -> float:
     mean = train.mean(dim=0, keepdim=True)
     train = torch.nn.functional.normalize(train - mean, dim=1)
     test = torch.nn.functional.normalize(test - mean, dim=1)
-    knn = KnnModule(train, torch.from_numpy(train_labels).long(), nb_knn=[KNN_K], T=KNN_T, num_classes=10)
+    knn = KnnModule(train, torch.tensor(train_labels, dtype=torch.long), nb_knn=[KNN_K], T=KNN_T, num_classes=10)
+    test_labels = torch.tensor(test_labels, dtype=torch.long)
     correct = 0
     for start in range(0, len(test), 1000):
         scores = knn(test[start : start + 1000])[KNN_K]
-        correct += (scores.argmax(dim=1) == torch.from_numpy(test_labels[start : start + 1000]).long()).sum().item()
+        correct += (scores.argmax(dim=1) == test_labels[start : start + 1000]).sum().item()
     return 100.0 * correct / len(test)
 
 
