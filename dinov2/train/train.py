@@ -387,14 +387,15 @@ def _train_step(
     optimizer: torch.optim.Optimizer,
     data: dict[str, Any],
     scheduled: dict[str, float],
-    stop: bool,
+    stop_request: _StopRequest,
 ) -> _StepResult:
     """Forward, backward, loss reduction, then (only if every rank's loss is finite) clipping, the optimizer step
-    and the teacher EMA, so a non-finite loss never reaches the weights."""
+    and the teacher EMA, so a non-finite loss never reaches the weights. A stop signal received up to the loss
+    reduction is acted on at the end of this iteration."""
     apply_optim_scheduler(optimizer, scheduled["lr"], scheduled["wd"], scheduled["last_layer_lr"])
     optimizer.zero_grad(set_to_none=True)
     loss_dict = model.forward_backward(data, teacher_temp=scheduled["teacher_temp"])
-    losses, bad_ranks, stop = _reduce_losses(loss_dict, stop)
+    losses, bad_ranks, stop = _reduce_losses(loss_dict, stop_request.signum != 0)
     grad_norms = {}
     if not bad_ranks:
         grad_norms = _optimizer_step(cfg, model, optimizer)
@@ -472,7 +473,7 @@ def do_train(cfg: DictConfig, model: SSLMetaArch, resume: bool = False) -> dict[
     with _StopRequest() as stop_request:
         for data in metric_logger.log_every(data_iter, _PRINT_FREQ, "Training", max_iter, start_iter):
             scheduled = {name: float(s[iteration]) for name, s in zip(_SCHEDULE_NAMES, schedulers)}
-            result = _train_step(cfg, model, optimizer, data, scheduled, stop=stop_request.signum != 0)
+            result = _train_step(cfg, model, optimizer, data, scheduled, stop_request)
             nan_streak = _check_finite(cfg, model, iteration, result, scheduled, nan_streak)
             if not result.bad_ranks:
                 batch_size = data["collated_global_crops"].shape[0] / 2
