@@ -52,6 +52,7 @@ from dinov2.utils.utils import CosineScheduler
 
 __all__ = [
     "NonFiniteLossError",
+    "StepResult",
     "apply_optim_scheduler",
     "build_data_loader",
     "build_optimizer",
@@ -60,6 +61,8 @@ __all__ = [
     "do_train",
     "get_args_parser",
     "main",
+    "scheduled_values",
+    "train_step",
 ]
 
 logger = logging.getLogger("dinov2")
@@ -145,6 +148,15 @@ def build_schedulers(cfg: DictConfig) -> tuple[CosineScheduler, ...]:
     last_layer_lr.schedule[: cfg.optim.freeze_last_layer_epochs * epoch_len] = 0
     logger.info("Schedulers ready.")
     return lr, wd, momentum, teacher_temp, last_layer_lr
+
+
+_SCHEDULE_NAMES = ("lr", "wd", "mom", "teacher_temp", "last_layer_lr")
+
+
+def scheduled_values(schedulers: tuple[CosineScheduler, ...], iteration: int) -> dict[str, float]:
+    """``{"lr", "wd", "mom", "teacher_temp", "last_layer_lr"}`` at ``iteration`` (schedulers from
+    :func:`build_schedulers`)."""
+    return {name: float(scheduler[iteration]) for name, scheduler in zip(_SCHEDULE_NAMES, schedulers)}
 
 
 def apply_optim_scheduler(optimizer: torch.optim.Optimizer, lr: float, wd: float, last_layer_lr: float) -> None:
@@ -374,37 +386,39 @@ def _optimizer_step(cfg: DictConfig, model: SSLMetaArch, optimizer: torch.optim.
 
 
 @dataclass
-class _StepResult:
+class StepResult:
+    """Outcome of :func:`train_step`."""
+
     losses: dict[str, float]  # rank-averaged loss terms
     bad_ranks: list[int]  # ranks whose loss was not finite (the step was then not applied)
     stop: bool  # some rank received a stop signal
     grad_norms: dict[str, float]
 
 
-def _train_step(
+def train_step(
     cfg: DictConfig,
     model: SSLMetaArch,
     optimizer: torch.optim.Optimizer,
     data: dict[str, Any],
     scheduled: dict[str, float],
-    stop_request: _StopRequest,
-) -> _StepResult:
+    stop_request: _StopRequest | None = None,
+) -> StepResult:
     """Forward, backward, loss reduction, then (only if every rank's loss is finite) clipping, the optimizer step
     and the teacher EMA, so a non-finite loss never reaches the weights. A stop signal received up to the loss
     reduction is acted on at the end of this iteration."""
     apply_optim_scheduler(optimizer, scheduled["lr"], scheduled["wd"], scheduled["last_layer_lr"])
     optimizer.zero_grad(set_to_none=True)
     loss_dict = model.forward_backward(data, teacher_temp=scheduled["teacher_temp"])
-    losses, bad_ranks, stop = _reduce_losses(loss_dict, stop_request.signum != 0)
+    losses, bad_ranks, stop = _reduce_losses(loss_dict, stop_request is not None and stop_request.signum != 0)
     grad_norms = {}
     if not bad_ranks:
         grad_norms = _optimizer_step(cfg, model, optimizer)
         model.update_teacher(scheduled["mom"])
-    return _StepResult(losses=losses, bad_ranks=bad_ranks, stop=stop, grad_norms=grad_norms)
+    return StepResult(losses=losses, bad_ranks=bad_ranks, stop=stop, grad_norms=grad_norms)
 
 
 def _check_finite(
-    cfg: DictConfig, model: SSLMetaArch, iteration: int, result: _StepResult, scheduled: dict[str, float], streak: int
+    cfg: DictConfig, model: SSLMetaArch, iteration: int, result: StepResult, scheduled: dict[str, float], streak: int
 ) -> int:
     """Returns the new count of consecutive non-finite iterations; past ``train.max_nan_steps`` writes
     ``nan_diagnostics_<it>.json`` and raises :class:`NonFiniteLossError` naming the terms and the iteration."""
@@ -452,9 +466,6 @@ def _periodic_outputs(
         _save_checkpoint(cfg, model, optimizer, checkpointer, iteration)
 
 
-_SCHEDULE_NAMES = ("lr", "wd", "mom", "teacher_temp", "last_layer_lr")
-
-
 def do_train(cfg: DictConfig, model: SSLMetaArch, resume: bool = False) -> dict[str, Any]:
     """Trains until ``optim.epochs * OFFICIAL_EPOCH_LENGTH`` iterations (or a stop signal) and returns the global
     averages of the logged meters, plus ``iteration`` (the last one run) and ``stopped`` (True after a signal)."""
@@ -472,8 +483,8 @@ def do_train(cfg: DictConfig, model: SSLMetaArch, resume: bool = False) -> dict[
     logger.info("Starting training from iteration %d of %d", start_iter, max_iter)
     with _StopRequest() as stop_request:
         for data in metric_logger.log_every(data_iter, _PRINT_FREQ, "Training", max_iter, start_iter):
-            scheduled = {name: float(s[iteration]) for name, s in zip(_SCHEDULE_NAMES, schedulers)}
-            result = _train_step(cfg, model, optimizer, data, scheduled, stop_request)
+            scheduled = scheduled_values(schedulers, iteration)
+            result = train_step(cfg, model, optimizer, data, scheduled, stop_request)
             nan_streak = _check_finite(cfg, model, iteration, result, scheduled, nan_streak)
             if not result.bad_ranks:
                 batch_size = data["collated_global_crops"].shape[0] / 2

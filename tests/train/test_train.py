@@ -17,11 +17,11 @@ from dinov2.train import train as train_module
 from dinov2.train.train import NonFiniteLossError, build_data_loader, build_optimizer, build_schedulers, do_test
 from tests.train.conftest import TINY_DEPTH, make_args, make_cfg
 
-_TRAIN_STEP = train_module._train_step
+_TRAIN_STEP = train_module.train_step
 
 
 class _Recorder:
-    """Wraps ``_train_step`` to record each iteration's rank-mean losses; ``hook(iteration)`` runs before a step."""
+    """Wraps ``train_step`` to record each iteration's rank-mean losses; ``hook(iteration)`` runs before a step."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, hook=None) -> None:
         self.losses: list[dict[str, float]] = []
@@ -35,7 +35,7 @@ class _Recorder:
             self.losses.append(result.losses)
             return result
 
-        monkeypatch.setattr(train_module, "_train_step", wrapped)
+        monkeypatch.setattr(train_module, "train_step", wrapped)
 
 
 def _load_checkpoint(path: Path, output_dir: Path, image_root: Path) -> tuple[dict, dict]:

@@ -65,12 +65,10 @@ def _train_steps(cfg, batches: list[dict]) -> tuple[list[dict[str, float]], dict
     optimizer = train_module.build_optimizer(cfg, model.get_params_groups())
     schedulers = train_module.build_schedulers(cfg)
     losses = []
-    with train_module._StopRequest() as stop_request:
-        for iteration, batch in enumerate(batches):
-            scheduled = {name: float(s[iteration]) for name, s in zip(train_module._SCHEDULE_NAMES, schedulers)}
-            data = _rank_slice(batch, rank, world)
-            result = train_module._train_step(cfg, model, optimizer, data, scheduled, stop_request)
-            losses.append(result.losses)
+    for iteration, batch in enumerate(batches):
+        scheduled = train_module.scheduled_values(schedulers, iteration)
+        result = train_module.train_step(cfg, model, optimizer, _rank_slice(batch, rank, world), scheduled)
+        losses.append(result.losses)
     return losses, full_state_dict(model)
 
 
