@@ -8,6 +8,7 @@ iBOT) and local crops, and the DINO loss averages over all ``2 + 2 * n_local`` p
 
 import contextlib
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,9 +24,11 @@ from dinov2.fsdp import (
     get_sharding_options,
     reshard_fsdp_model,
 )
+from dinov2.hub.utils import load_state_dict_from_url_or_path
 from dinov2.layers import DINOHead
 from dinov2.loss import DINOLoss, KoLeoLoss, iBOTPatchLoss
-from dinov2.models import build_model_from_cfg
+from dinov2.models import build_model, build_model_from_cfg
+from dinov2.models.checkpoint_filter import checkpoint_filter_fn, strip_prefixes
 from dinov2.models.vision_transformer import BlockChunk
 from dinov2.utils.dtype import as_torch_dtype
 from dinov2.utils.param_groups import fuse_params_groups, get_params_groups_with_decay
@@ -114,7 +117,7 @@ class SSLMetaArch(nn.Module):
         self.teacher = nn.ModuleDict(teacher)
         if cfg.student.pretrained_weights:
             # Continued pretraining: the backbone weights go into the student, then into the teacher below.
-            load_pretrained_weights(self.student.backbone, cfg.student.pretrained_weights, checkpoint_key="teacher")
+            self._load_pretrained_backbone(cfg.student.pretrained_weights)
         self.teacher.load_state_dict(self.student.state_dict())
         for param in self.teacher.parameters():
             param.requires_grad = False
@@ -135,6 +138,27 @@ class SSLMetaArch(nn.Module):
             bottleneck_dim=head_cfg.head_bottleneck_dim,
             nlayers=head_cfg.head_nlayers,
         )
+
+    @torch.no_grad()
+    def _load_pretrained_backbone(self, path: str) -> None:
+        """Loads backbone weights (a hub/released file, or a ``teacher_checkpoint.pth``) strictly into the student.
+        A position embedding made for another resolution (the released weights: 518 px, 37 x 37 patches) is
+        resampled to this model's grid with the model's own interpolation, as it would be at inference."""
+        state = load_state_dict_from_url_or_path(path)
+        state = strip_prefixes(state.get("teacher", state))
+        backbone = self.student.backbone
+        if "pos_embed" not in state or state["pos_embed"].shape == backbone.pos_embed.shape:
+            load_pretrained_weights(backbone, path, checkpoint_key="teacher")
+            return
+        grid = math.isqrt(state["pos_embed"].shape[1] - 1)  # rows: CLS + grid^2 patches
+        source, _ = build_model(self.cfg.student, only_teacher=True, img_size=grid * backbone.patch_size)
+        load_pretrained_weights(source, path, checkpoint_key="teacher")
+        size = self.cfg.crops.global_crops_size
+        tokens = backbone.pos_embed.new_zeros(backbone.pos_embed.shape)  # [1, 1+N, D]
+        weights = source.state_dict()
+        weights["pos_embed"] = source.interpolate_pos_encoding(tokens, size, size)  # [1, 1+N, D]
+        backbone.load_state_dict(checkpoint_filter_fn(weights, backbone))
+        logger.info("resampled pos_embed of %s from a %dx%d grid to the training resolution %d", path, grid, grid, size)
 
     def _param_dtype(self, model: str, part: str) -> torch.dtype:
         return as_torch_dtype(self.cfg.compute_precision[model][part].mixed_precision.param_dtype)

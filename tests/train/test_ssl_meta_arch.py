@@ -101,3 +101,30 @@ def test_centers_are_in_the_state_dict_and_move(tmp_path: Path, image_root: Path
 def test_bad_configs_are_named(tmp_path: Path, image_root: Path, opts: tuple[str, ...], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         SSLMetaArch(make_cfg(tmp_path, image_root, *opts))
+
+
+def test_pretrained_weights_initialise_student_and_teacher(tmp_path: Path, image_root: Path) -> None:
+    """Continued pretraining: a released-style backbone file goes into both backbones; the heads start fresh."""
+    cfg = make_cfg(tmp_path, image_root)
+    source = SSLMetaArch(cfg)
+    with torch.no_grad():
+        source.teacher.backbone.cls_token.fill_(0.5)
+    path = tmp_path / "backbone.pth"
+    torch.save(source.teacher.backbone.state_dict(), path)  # flat keys, as the hub weights
+    model = SSLMetaArch(make_cfg(tmp_path, image_root, f"student.pretrained_weights={path}"))
+    for part in (model.student, model.teacher):
+        for key, value in source.teacher.backbone.state_dict().items():
+            assert torch.equal(part.backbone.state_dict()[key], value), key
+    # weights made for 48-px inputs (6 x 6 patches): the position embedding is resampled to the 4 x 4 grid
+    from dinov2.models import build_model
+
+    large, _ = build_model(make_cfg(tmp_path, image_root).student, only_teacher=True, img_size=48)
+    torch.save({"teacher": {f"backbone.{k}": v for k, v in large.state_dict().items()}}, path)
+    model = SSLMetaArch(make_cfg(tmp_path, image_root, f"student.pretrained_weights={path}"))
+    expected = large.interpolate_pos_encoding(torch.zeros(1, 17, 192), 32, 32)
+    torch.testing.assert_close(model.teacher.backbone.pos_embed, expected)
+    torch.testing.assert_close(model.student.backbone.blocks[1].mlp.fc2.weight, large.blocks[1].mlp.fc2.weight)
+    bad = tmp_path / "other_arch.pth"
+    torch.save({"pos_embed": torch.zeros(1, 5, 192)}, bad)
+    with pytest.raises(RuntimeError, match="lacks"):
+        SSLMetaArch(make_cfg(tmp_path, image_root, f"student.pretrained_weights={bad}"))

@@ -224,3 +224,17 @@ def test_data_stream_is_seeded_per_sample(tmp_path: Path, image_root: Path) -> N
             assert value == resumed[key], key
     other = next(iter(build_data_loader(cfg, start_iter=3)))
     assert not torch.equal(other["collated_global_crops"], expected["collated_global_crops"])
+
+
+def test_model_weights_load_the_model_only_when_there_is_nothing_to_resume(tmp_path: Path, image_root: Path) -> None:
+    cfg = make_cfg(tmp_path / "first", image_root)
+    source = SSLMetaArch(cfg)
+    with torch.no_grad():
+        source.student.backbone.cls_token.fill_(0.25)
+    path = Checkpointer(tmp_path / "first").save(7, model=source)
+    cfg = make_cfg(tmp_path / "second", image_root, f"MODEL.WEIGHTS={path}")
+    model = SSLMetaArch(cfg)
+    optimizer = build_optimizer(cfg, model.get_params_groups())
+    checkpointer = Checkpointer(tmp_path / "second")
+    assert train_module._resume_or_load(cfg, model, optimizer, checkpointer, resume=True) == (0, None)
+    assert torch.equal(model.student.backbone.cls_token, source.student.backbone.cls_token)
