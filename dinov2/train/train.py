@@ -77,21 +77,21 @@ class NonFiniteLossError(RuntimeError):
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("DINOv2 training", add_help=add_help)
-    parser.add_argument("--config-file", default="", metavar="FILE", help="path to config file")
+    parser.add_argument(
+        "--config-file", default="", metavar="FILE", help="config YAML, or a packaged name such as train/vitl14"
+    )
     parser.add_argument(
         "--no-resume",
         action="store_true",
-        help="Whether to not attempt to resume from the checkpoint directory. ",
+        help="start from iteration 0 even if <output-dir>/ckpt holds a checkpoint",
     )
-    parser.add_argument("--eval-only", action="store_true", help="perform evaluation only")
-    parser.add_argument("--eval", type=str, default="", help="Eval type to perform")
+    parser.add_argument(
+        "--eval-only", action="store_true", help="export the teacher of the newest checkpoint to eval/manual_<it>"
+    )
+    parser.add_argument("--eval", type=str, default="", help="unused, kept for the reference's command lines")
     parser.add_argument(
         "opts",
-        help="""
-Modify config options at the end of the command. For Yacs configs, use
-space-separated "PATH.KEY VALUE" pairs.
-For python-based LazyConfig, use "path.key=value".
-        """.strip(),
+        help="config overrides key.sub=value after all flags, e.g. optim.base_lr=0.001 train.batch_size_per_gpu=32",
         default=None,
         nargs=argparse.REMAINDER,
     )

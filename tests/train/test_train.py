@@ -131,6 +131,12 @@ def test_exported_teacher_loads_strictly_into_the_hub_backbone(tmp_path: Path, i
         assert torch.equal(value, teacher[f"backbone.{key}"]), key
     assert any(key.startswith("dino_head.") for key in teacher)  # heads are exported too (ignored by the hub)
 
+    args = make_args(tmp_path, image_root)
+    args.eval_only = True
+    assert main(args) == {"iteration": 5}
+    manual = torch.load(tmp_path / "eval" / "manual_5" / "teacher_checkpoint.pth", weights_only=True)["teacher"]
+    assert manual.keys() == teacher.keys() and all(torch.equal(manual[k], teacher[k]) for k in teacher)
+
 
 def test_teacher_export_of_a_chunked_model_has_flat_block_keys(tmp_path: Path, image_root: Path) -> None:
     cfg = make_cfg(tmp_path, image_root, "student.block_chunks=2")
