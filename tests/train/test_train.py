@@ -244,3 +244,29 @@ def test_model_weights_load_the_model_only_when_there_is_nothing_to_resume(tmp_p
     checkpointer = Checkpointer(tmp_path / "second")
     assert train_module._resume_or_load(cfg, model, optimizer, checkpointer, resume=True) == (0, None)
     assert torch.equal(model.student.backbone.cls_token, source.student.backbone.cls_token)
+
+
+@pytest.mark.parametrize("precision, scaled", [("bf16", False), ("fp16", True)])
+def test_mixed_precision_step_in_one_process(tmp_path: Path, image_root: Path, precision: str, scaled: bool) -> None:
+    """Autocast in one process; the loss scaler exists only with fp16 (grad_scaler=true in both cases)."""
+    parts = ("backbone", "dino_head", "ibot_head")
+    opts = [
+        f"compute_precision.{m}.{p}.mixed_precision.param_dtype={precision}"
+        for m in ("student", "teacher")
+        for p in parts
+    ]
+    cfg = make_cfg(tmp_path, image_root, *opts, "compute_precision.grad_scaler=true")
+    model = SSLMetaArch(cfg)
+    model.train()
+    assert (model.fp16_scaler is not None) == scaled
+    if scaled:  # the default initial scale 2**16 overflows (and skips) the first steps of this untrained model
+        model.fp16_scaler = torch.amp.GradScaler("cpu", init_scale=2.0**6)
+    optimizer = build_optimizer(cfg, model.get_params_groups())
+    before = model.student.backbone.cls_token.detach().clone()
+    data = next(iter(build_data_loader(cfg)))
+    result = train_module.train_step(
+        cfg, model, optimizer, data, train_module.scheduled_values(build_schedulers(cfg), 1)
+    )
+    assert not result.bad_ranks and all(torch.isfinite(torch.tensor(list(result.losses.values()))))
+    assert model.student.backbone.cls_token.dtype == torch.float32  # master weights stay fp32
+    assert not torch.equal(model.student.backbone.cls_token, before)
