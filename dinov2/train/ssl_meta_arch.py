@@ -192,6 +192,7 @@ class SSLMetaArch(nn.Module):
         process nothing is sharded and mixed precision comes from autocast instead."""
         if has_batchnorms(self.student):
             raise ValueError("BatchNorm layers are not supported (their statistics would differ between ranks)")
+        self._broadcast_states_from_rank_0()
         for part in self.student:
             student_cfg = self.cfg.compute_precision.student[part]
             teacher_cfg = self.cfg.compute_precision.teacher[part]
@@ -211,6 +212,16 @@ class SSLMetaArch(nn.Module):
         if self.cfg.train.compile:
             self.student.backbone.compile()
             self.teacher.backbone.compile()
+
+    @torch.no_grad()
+    def _broadcast_states_from_rank_0(self) -> None:
+        """Every rank starts from rank 0's weights (FSDP1's ``sync_module_states``): ranks seed their RNGs with
+        ``train.seed + rank``, so their random inits differ, and replicated (``NO_SHARD``) parts would otherwise
+        keep different replicas for the whole run."""
+        if not distributed.is_enabled():
+            return
+        for tensor in [*self.parameters(), *self.buffers()]:
+            distributed.broadcast(tensor.data, src=0)
 
     @staticmethod
     def _fsdp_unit_types(module: nn.Module) -> set[type[nn.Module]]:

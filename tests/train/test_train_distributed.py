@@ -58,7 +58,7 @@ def _train_steps(cfg, batches: list[dict]) -> tuple[list[dict[str, float]], dict
     """``STEPS`` training steps from a seeded init on this rank's share of ``batches``; returns the rank-mean
     losses and the full state dict (on rank 0)."""
     rank, world = distributed.get_global_rank(), distributed.get_global_size()
-    torch.manual_seed(0)
+    torch.manual_seed(rank)  # as train.py seeds (seed + rank): every rank must still start from rank 0's init
     model = SSLMetaArch(cfg)
     model.prepare_for_distributed_training()
     model.train()
@@ -122,7 +122,9 @@ def _two_rank_training_worker(rank: int, output_dir: str, image_root: str) -> No
     opts = (
         f"train.batch_size_per_gpu={GLOBAL_BATCH // 2}",
         "train.OFFICIAL_EPOCH_LENGTH=3",
-        "train.centering=centering",
+        "evaluation.eval_period_iterations=3",
+        "compute_precision.student.backbone.sharding_strategy=SHARD_GRAD_OP",
+        "compute_precision.teacher.backbone.sharding_strategy=SHARD_GRAD_OP",
     )
     main(make_args(Path(output_dir), Path(image_root), *opts))
     cfg = make_cfg(Path(output_dir), Path(image_root), *opts)
@@ -152,6 +154,10 @@ def test_checkpoint_of_two_processes_resumes_in_one(tmp_path: Path, image_root: 
         for key, value in state.items():
             assert torch.equal(torch.as_tensor(value), torch.as_tensor(two["optimizer"]["state"][name][key])), name
     assert int(next(iter(one["optimizer"]["state"].values()))["step"]) == 3
+    # the teacher export gathered by the 2 ranks holds the checkpoint's teacher
+    exported = torch.load(tmp_path / "eval" / "training_2" / "teacher_checkpoint.pth", weights_only=True)["teacher"]
+    for key, value in exported.items():
+        assert torch.equal(value, one["model"][f"teacher.{key}"]), key
 
     # and training goes on in one process (a longer schedule, so there is something left to do)
     resumed = main(
