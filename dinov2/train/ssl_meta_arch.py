@@ -302,6 +302,10 @@ class SSLMetaArch(nn.Module):
         if self.centering == "centering":
             logits = patch_logits.unsqueeze(0)  # [1, M, K]
             targets = self.ibot_patch_loss.softmax_center_teacher(logits, teacher_temp).squeeze(0)  # [M, K]
+            if logits.shape[1] == 0:
+                # No masked token here (tiny grids or batches): the mean over none would put NaN into the center
+                # (as in the reference); this rank votes for the current center instead.
+                logits = self.ibot_patch_loss.center.clone()  # [1, 1, K]
             self.ibot_patch_loss.update_center(logits)
             return targets
         return self.ibot_patch_loss.sinkhorn_knopp_teacher(

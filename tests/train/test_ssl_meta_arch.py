@@ -128,3 +128,19 @@ def test_pretrained_weights_initialise_student_and_teacher(tmp_path: Path, image
     torch.save({"pos_embed": torch.zeros(1, 5, 192)}, bad)
     with pytest.raises(RuntimeError, match="lacks"):
         SSLMetaArch(make_cfg(tmp_path, image_root, f"student.pretrained_weights={bad}"))
+
+
+@pytest.mark.parametrize("centering", ["centering", "sinkhorn_knopp"])
+def test_a_batch_without_masked_tokens_keeps_everything_finite(
+    tmp_path: Path, image_root: Path, centering: str
+) -> None:
+    model, batch = _model_and_batch(tmp_path, image_root, f"train.centering={centering}")
+    batch["collated_masks"] = torch.zeros_like(batch["collated_masks"])
+    batch["mask_indices_list"] = batch["mask_indices_list"][:0]
+    batch["masks_weight"] = batch["masks_weight"][:0]
+    batch["n_masked_patches"] = torch.zeros_like(batch["n_masked_patches"])
+    for _ in range(2):
+        losses = model.forward_backward(batch, teacher_temp=0.04)
+    assert losses["ibot_loss"].item() == 0.0
+    assert all(math.isfinite(value.item()) for value in losses.values())
+    assert torch.isfinite(model.state_dict()["ibot_patch_loss.center"]).all()
