@@ -2,11 +2,13 @@
 images, small heads, 6 iterations, no data-loader workers."""
 
 import argparse
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from dinov2 import models
@@ -72,10 +74,16 @@ def make_cfg(output_dir: Path, image_root: Path, *opts: str):
 
 
 @pytest.fixture(autouse=True)
-def _tiny_model(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+def _tiny_model(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     monkeypatch.setitem(models._ARCHS, "vit_tiny", partial(vits.vit_tiny, depth=TINY_DEPTH))
     monkeypatch.setenv("DINOV2_CACHE_DIR", str(tmp_path_factory.mktemp("dinov2_cache")))
     monkeypatch.setenv("DINOV2_DEVICE", "cpu")
+    # Tiny matrices gain nothing from threads, and on a busy machine every op waiting for a descheduled OpenMP
+    # thread made these tests 30x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
