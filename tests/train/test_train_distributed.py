@@ -135,7 +135,8 @@ def _two_rank_training_worker(rank: int, output_dir: str, image_root: str) -> No
 
 @pytest.mark.slow
 def test_checkpoint_of_two_processes_resumes_in_one(tmp_path: Path, image_root: Path) -> None:
-    run_ranks(_two_rank_training_worker, 2, str(tmp_path), str(image_root), timeout_s=300)
+    # srun-style SLURM_* variables (the equivalence test above uses torchrun-style ones)
+    run_ranks(_two_rank_training_worker, 2, str(tmp_path), str(image_root), launcher="slurm", timeout_s=300)
     latest = Checkpointer(tmp_path).latest()
     assert latest.name == "0000002"
     two = torch.load(tmp_path / "loaded_by_two_ranks.pt", weights_only=False)
