@@ -226,10 +226,11 @@ def _seeded_collate(samples: list[tuple[Any, int]], *, seed: int, collate_fn: An
         return collate_fn(samples)
 
 
-def build_data_loader(cfg: DictConfig, start_iter: int = 0) -> DataLoader:
+def build_data_loader(cfg: DictConfig, start_iter: int = 0, *, samples_seen: int | None = None) -> DataLoader:
     """The training batches from iteration ``start_iter`` on: multi-crop augmentation, iBOT masks, and a sharded
-    infinite sampler advanced by ``start_iter`` x the global batch, so a resumed run continues the sample order.
-    Crops and masks are seeded per sample position (see :class:`_SeededSamples`), so a resume is exact."""
+    infinite sampler advanced by ``samples_seen`` (default ``start_iter`` x the global batch; a checkpoint records
+    it, which matters when the world size changed), so a resumed run continues the sample order. Crops and masks
+    are seeded per sample position (see :class:`_SeededSamples`), so a resume is exact."""
     img_size, patch_size = cfg.crops.global_crops_size, cfg.student.patch_size
     n_tokens = (img_size // patch_size) ** 2
     mask_generator = MaskingGenerator(
@@ -256,7 +257,7 @@ def build_data_loader(cfg: DictConfig, start_iter: int = 0) -> DataLoader:
     )
     dataset = make_dataset(dataset_str=cfg.train.dataset_path, transform=augmentation, target_transform=_no_target)
     rank, world_size = distributed.get_global_rank(), distributed.get_global_size()
-    first_position = start_iter * cfg.train.batch_size_per_gpu * world_size
+    first_position = start_iter * cfg.train.batch_size_per_gpu * world_size if samples_seen is None else samples_seen
     sampler = ShardedInfiniteSampler(
         sample_count=len(dataset),
         shuffle=True,
@@ -297,15 +298,16 @@ def do_test(cfg: DictConfig, model: SSLMetaArch, iteration: str) -> Path:
 def _resume_or_load(
     cfg: DictConfig, model: SSLMetaArch, optimizer: torch.optim.Optimizer, checkpointer: Checkpointer, resume: bool
 ) -> tuple[int, dict[str, Any] | None]:
-    """``(start_iteration, rng_state)``: resumes everything (model, optimizer, loss centers, grad scaler, RNG)
-    from the newest complete checkpoint, or loads the model only from ``MODEL.WEIGHTS``, or starts at 0."""
+    """``(start_iteration, extra)``: resumes everything (model, optimizer, loss centers, grad scaler, RNG) from
+    the newest complete checkpoint and returns its extras (``rng``, ``samples_seen``), or loads the model only
+    from ``MODEL.WEIGHTS``, or starts at 0 (extras None)."""
     latest = checkpointer.latest() if resume else None
     if latest is not None:
         extra = checkpointer.load(latest, model=model, optimizer=optimizer)
         if model.fp16_scaler is not None and extra.get("grad_scaler"):
             model.fp16_scaler.load_state_dict(extra["grad_scaler"])
         logger.info("resumed from %s (iteration %d)", latest, extra["iteration"])
-        return int(extra["iteration"]) + 1, extra["rng"]
+        return int(extra["iteration"]) + 1, extra
     if cfg.MODEL.WEIGHTS:
         checkpointer.load(cfg.MODEL.WEIGHTS, model=model, restore_rng=False)
         logger.info("loaded the model (only) from MODEL.WEIGHTS=%s", cfg.MODEL.WEIGHTS)
@@ -313,12 +315,15 @@ def _resume_or_load(
 
 
 def _save_checkpoint(
-    cfg: DictConfig, model: SSLMetaArch, optimizer: torch.optim.Optimizer, checkpointer: Checkpointer, iteration: int
+    model: SSLMetaArch,
+    optimizer: torch.optim.Optimizer,
+    checkpointer: Checkpointer,
+    iteration: int,
+    samples_seen: int,
 ) -> None:
-    global_batch = cfg.train.batch_size_per_gpu * distributed.get_global_size()
     extra = {
         "grad_scaler": model.fp16_scaler.state_dict() if model.fp16_scaler is not None else None,
-        "samples_seen": (iteration + 1) * global_batch,  # the data position (informative: resume recomputes it)
+        "samples_seen": samples_seen,  # global data position after this iteration
     }
     checkpointer.save(iteration, model=model, optimizer=optimizer, extra=extra)
 
@@ -453,17 +458,18 @@ def _periodic_outputs(
     optimizer: torch.optim.Optimizer,
     checkpointer: Checkpointer,
     iteration: int,
-    max_iter: int,
+    samples_seen: int,
     stop: bool,
 ) -> None:
     """Teacher export every ``evaluation.eval_period_iterations``; checkpoint every ``train.saveckp_freq``
     iterations, at the last iteration and when a stop was requested."""
+    max_iter = cfg.optim.epochs * cfg.train.OFFICIAL_EPOCH_LENGTH
     eval_period = cfg.evaluation.eval_period_iterations
     if eval_period > 0 and (iteration + 1) % eval_period == 0:
         do_test(cfg, model, f"training_{iteration}")
     save_period = cfg.train.saveckp_freq
     if stop or iteration == max_iter - 1 or (save_period > 0 and (iteration + 1) % save_period == 0):
-        _save_checkpoint(cfg, model, optimizer, checkpointer, iteration)
+        _save_checkpoint(model, optimizer, checkpointer, iteration, samples_seen)
 
 
 def do_train(cfg: DictConfig, model: SSLMetaArch, resume: bool = False) -> dict[str, Any]:
@@ -473,11 +479,13 @@ def do_train(cfg: DictConfig, model: SSLMetaArch, resume: bool = False) -> dict[
     optimizer = build_optimizer(cfg, model.get_params_groups())
     schedulers = build_schedulers(cfg)
     checkpointer = Checkpointer(cfg.train.output_dir, max_to_keep=cfg.train.max_to_keep)
-    start_iter, rng_state = _resume_or_load(cfg, model, optimizer, checkpointer, resume)
+    start_iter, extra = _resume_or_load(cfg, model, optimizer, checkpointer, resume)
     max_iter = cfg.optim.epochs * cfg.train.OFFICIAL_EPOCH_LENGTH
-    data_iter = iter(build_data_loader(cfg, start_iter))
-    if rng_state is not None:
-        restore_rng_state(rng_state)  # creating the iterator drew a seed: rewind to the checkpoint's RNG state
+    global_batch = cfg.train.batch_size_per_gpu * distributed.get_global_size()
+    samples_seen = extra.get("samples_seen", start_iter * global_batch) if extra else start_iter * global_batch
+    data_iter = iter(build_data_loader(cfg, start_iter, samples_seen=samples_seen))
+    if extra is not None:
+        restore_rng_state(extra["rng"])  # creating the iterator drew a seed: rewind to the checkpoint's RNG state
     metric_logger = MetricLogger(delimiter="  ", output_file=Path(cfg.train.output_dir) / "training_metrics.json")
     iteration, nan_streak, stopped = start_iter, 0, False
     logger.info("Starting training from iteration %d of %d", start_iter, max_iter)
@@ -496,7 +504,8 @@ def do_train(cfg: DictConfig, model: SSLMetaArch, resume: bool = False) -> dict[
                     **result.losses,
                     **result.grad_norms,
                 )
-            _periodic_outputs(cfg, model, optimizer, checkpointer, iteration, max_iter, result.stop)
+            samples_seen += global_batch
+            _periodic_outputs(cfg, model, optimizer, checkpointer, iteration, samples_seen, result.stop)
             if result.stop:
                 logger.info("stop signal received: checkpoint of iteration %d saved, exiting", iteration)
                 stopped = True

@@ -139,6 +139,8 @@ def test_checkpoint_of_two_processes_resumes_in_one(tmp_path: Path, image_root: 
     run_ranks(_two_rank_training_worker, 2, str(tmp_path), str(image_root), launcher="slurm", timeout_s=300)
     latest = Checkpointer(tmp_path).latest()
     assert latest.name == "0000002"
+    extras = [torch.load(latest / f"extra_rank_{r}.pt", weights_only=False) for r in range(2)]
+    assert [extra["samples_seen"] for extra in extras] == [3 * GLOBAL_BATCH] * 2
     two = torch.load(tmp_path / "loaded_by_two_ranks.pt", weights_only=False)
     cfg = make_cfg(tmp_path, image_root, f"train.batch_size_per_gpu={GLOBAL_BATCH}", "train.OFFICIAL_EPOCH_LENGTH=3")
     one = _full_model_and_optimizer_state(cfg, latest)
