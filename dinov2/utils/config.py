@@ -10,10 +10,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from dinov2 import distributed
 from dinov2.configs import _CONFIGS_DIR, available_configs, dinov2_default_config, merge_strict
+from dinov2.logging import setup_logging
+from dinov2.utils.utils import fix_random_seeds, get_sha
 
 logger = logging.getLogger("dinov2")
 
-__all__ = ["apply_scaling_rules_to_cfg", "write_config", "get_cfg_from_args"]
+__all__ = ["apply_scaling_rules_to_cfg", "write_config", "get_cfg_from_args", "default_setup", "setup"]
 
 _SCALING_RULES = ("sqrt_wrt_1024",)
 
@@ -83,4 +85,27 @@ def get_cfg_from_args(args: argparse.Namespace) -> DictConfig:
     if opts:
         cfg = merge_strict(cfg, _parse_opts(opts), source="command-line overrides")
     cfg.train.output_dir = args.output_dir
+    return cfg
+
+
+def default_setup(args: argparse.Namespace, seed: int = 0) -> None:
+    """Joins the process group when launched by torchrun / SLURM (one process needs none), sets up logging into
+    ``args.output_dir``, seeds every RNG with ``seed + rank`` and logs the git state and the arguments."""
+    distributed.enable(overwrite=True)
+    setup_logging(output=args.output_dir, level=logging.INFO)
+    fix_random_seeds(seed + distributed.get_global_rank())
+    logger.info("git:\n  %s\n", get_sha())
+    logger.info("\n".join(f"{key}: {value}" for key, value in sorted(vars(args).items())))
+
+
+def setup(args: argparse.Namespace) -> DictConfig:
+    """The training's setup: config from ``args`` (see :func:`get_cfg_from_args`), output folder, process group,
+    logging, seeds (``train.seed`` + rank), the lr scaling rule, and ``<output_dir>/config.yaml`` (which thus holds
+    the ``optim.lr`` used and reproduces the run)."""
+    cfg = get_cfg_from_args(args)
+    os.makedirs(args.output_dir, exist_ok=True)
+    default_setup(args, seed=int(cfg.train.seed))
+    apply_scaling_rules_to_cfg(cfg)
+    if distributed.is_main_process():
+        write_config(cfg, args.output_dir)
     return cfg

@@ -1,0 +1,538 @@
+"""DINOv2 pretraining entry point.
+
+    python dinov2/train/train.py --config-file CFG --output-dir DIR [--no-resume] [key=value ...]
+
+Runs as one process (CPU or one GPU), under ``torchrun --nproc_per_node N`` or under SLURM (``srun`` or
+``dinov2/run/train/train.py``). Output folder layout::
+
+    config.yaml                 the merged config (optim.lr holds the scaled learning rate used)
+    logs/log.txt[.rank<r>]      logs
+    training_metrics.json       one JSON line every 10 iterations
+    ckpt/<iteration:07d>/       DCP checkpoints (the newest train.max_to_keep are kept); a run resumes from the newest
+    eval/training_<it>/teacher_checkpoint.pth   teacher exports {"teacher": state dict}, every
+                                evaluation.eval_period_iterations
+    nan_diagnostics_<it>.json   written before stopping on a non-finite loss
+"""
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from dinov2 import distributed
+from dinov2.data import DataAugmentationDINO, MaskingGenerator, collate_data_and_cast, make_dataset
+from dinov2.data.samplers import ShardedInfiniteSampler
+from dinov2.fsdp import full_state_dict
+from dinov2.fsdp.checkpointer import Checkpointer, restore_rng_state, save_teacher_checkpoint
+from dinov2.logging import MetricLogger
+from dinov2.models.checkpoint_filter import to_flat_block_keys
+from dinov2.train.ssl_meta_arch import SSLMetaArch
+from dinov2.utils.config import setup
+from dinov2.utils.dtype import as_torch_dtype
+from dinov2.utils.utils import CosineScheduler
+
+__all__ = [
+    "NonFiniteLossError",
+    "StepResult",
+    "apply_optim_scheduler",
+    "build_data_loader",
+    "build_optimizer",
+    "build_schedulers",
+    "do_test",
+    "do_train",
+    "get_args_parser",
+    "main",
+    "scheduled_values",
+    "train_step",
+]
+
+logger = logging.getLogger("dinov2")
+
+_PRINT_FREQ = 10
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term was NaN or infinite for more than ``train.max_nan_steps`` consecutive iterations."""
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("DINOv2 training", add_help=add_help)
+    parser.add_argument(
+        "--config-file", default="", metavar="FILE", help="config YAML, or a packaged name such as train/vitl14"
+    )
+    parser.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="start from iteration 0 even if <output-dir>/ckpt holds a checkpoint",
+    )
+    parser.add_argument(
+        "--eval-only", action="store_true", help="export the teacher of the newest checkpoint to eval/manual_<it>"
+    )
+    parser.add_argument("--eval", type=str, default="", help="unused, kept for the reference's command lines")
+    parser.add_argument(
+        "opts",
+        help="config overrides key.sub=value after all flags, e.g. optim.base_lr=0.001 train.batch_size_per_gpu=32",
+        default=None,
+        nargs=argparse.REMAINDER,
+    )
+    parser.add_argument(
+        "--output-dir",
+        "--output_dir",
+        default="",
+        type=str,
+        help="Output directory to save logs and checkpoints",
+    )
+    return parser
+
+
+# -- optimizer and schedules ----------------------------------------------------------------------------------------
+
+
+def build_optimizer(cfg: DictConfig, params_groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    """AdamW over the meta-architecture's parameter groups (lr and weight decay are set every iteration)."""
+    return torch.optim.AdamW(params_groups, betas=(cfg.optim.adamw_beta1, cfg.optim.adamw_beta2))
+
+
+def build_schedulers(cfg: DictConfig) -> tuple[CosineScheduler, ...]:
+    """``(lr, wd, momentum, teacher_temp, last_layer_lr)`` per-iteration schedules of the reference: lr with a
+    linear warmup then cosine to ``min_lr``; cosine weight decay and teacher momentum; a linear teacher-temperature
+    warmup then constant; lr again for the heads' last layer, but 0 during ``freeze_last_layer_epochs``."""
+    epoch_len = cfg.train.OFFICIAL_EPOCH_LENGTH
+    total = cfg.optim.epochs * epoch_len
+    lr = CosineScheduler(
+        base_value=cfg.optim.lr,
+        final_value=cfg.optim.min_lr,
+        total_iters=total,
+        warmup_iters=cfg.optim.warmup_epochs * epoch_len,
+        start_warmup_value=0,
+    )
+    wd = CosineScheduler(base_value=cfg.optim.weight_decay, final_value=cfg.optim.weight_decay_end, total_iters=total)
+    momentum = CosineScheduler(
+        base_value=cfg.teacher.momentum_teacher, final_value=cfg.teacher.final_momentum_teacher, total_iters=total
+    )
+    temp_warmup = cfg.teacher.warmup_teacher_temp_epochs * epoch_len
+    teacher_temp = CosineScheduler(
+        base_value=cfg.teacher.teacher_temp,
+        final_value=cfg.teacher.teacher_temp,
+        total_iters=temp_warmup,
+        warmup_iters=temp_warmup,
+        start_warmup_value=cfg.teacher.warmup_teacher_temp,
+    )
+    last_layer_lr = CosineScheduler(
+        base_value=cfg.optim.lr,
+        final_value=cfg.optim.min_lr,
+        total_iters=total,
+        warmup_iters=cfg.optim.warmup_epochs * epoch_len,
+        start_warmup_value=0,
+    )
+    last_layer_lr.schedule[: cfg.optim.freeze_last_layer_epochs * epoch_len] = 0
+    logger.info("Schedulers ready.")
+    return lr, wd, momentum, teacher_temp, last_layer_lr
+
+
+_SCHEDULE_NAMES = ("lr", "wd", "mom", "teacher_temp", "last_layer_lr")
+
+
+def scheduled_values(schedulers: tuple[CosineScheduler, ...], iteration: int) -> dict[str, float]:
+    """``{"lr", "wd", "mom", "teacher_temp", "last_layer_lr"}`` at ``iteration`` (schedulers from
+    :func:`build_schedulers`)."""
+    return {name: float(scheduler[iteration]) for name, scheduler in zip(_SCHEDULE_NAMES, schedulers)}
+
+
+def apply_optim_scheduler(optimizer: torch.optim.Optimizer, lr: float, wd: float, last_layer_lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["weight_decay"] = wd * group["wd_multiplier"]
+        group["lr"] = (last_layer_lr if group["is_last_layer"] else lr) * group["lr_multiplier"]
+
+
+# -- data -----------------------------------------------------------------------------------------------------------
+
+
+def _no_target(_: Any) -> tuple:
+    return ()
+
+
+class _PositionedSampler(Sampler):
+    """Yields ``(position, index)``: each index with its position in the global sample stream (all ranks
+    interleaved: rank r's k-th sample after ``first_position`` is ``first_position + k * world_size + r``)."""
+
+    def __init__(self, sampler: Sampler, *, first_position: int, rank: int, world_size: int) -> None:
+        self.sampler = sampler
+        self.first_position, self.rank, self.world_size = first_position, rank, world_size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for k, index in enumerate(self.sampler):
+            yield self.first_position + k * self.world_size + self.rank, index
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, position: int) -> Iterator[None]:
+    """Runs the body with the torch (CPU), numpy and python RNGs seeded from ``(seed, position)``; the previous
+    states are restored afterwards, so the caller's random streams are untouched."""
+    states = (random.getstate(), np.random.get_state())
+    mixed = (seed * 1_000_003 + position) % (2**63)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(mixed)
+            random.seed(mixed)
+            np.random.seed(mixed % (2**32))
+            yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+
+
+class _SeededSamples(Dataset):
+    """Applies ``dataset[index]`` (decoding + augmentation) with RNGs seeded by the sample's stream position, so a
+    sample's crops do not depend on the worker that makes it: a resumed run redraws exactly the same crops, with any
+    ``num_workers``. Returns ``(crops, position)``; the position seeds the batch's masks in :func:`_seeded_collate`.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[Any, int]:
+        position, index = item
+        with _seeded(self.seed, position):
+            crops, _ = self.dataset[index]
+        return crops, position
+
+
+def _seeded_collate(samples: list[tuple[Any, int]], *, seed: int, collate_fn: Any) -> dict[str, Any]:
+    with _seeded(seed + 1, samples[0][1]):  # iBOT masks seeded by the batch's first position on this rank
+        return collate_fn(samples)
+
+
+def build_data_loader(cfg: DictConfig, start_iter: int = 0, *, samples_seen: int | None = None) -> DataLoader:
+    """The training batches from iteration ``start_iter`` on: multi-crop augmentation, iBOT masks, and a sharded
+    infinite sampler advanced by ``samples_seen`` (default ``start_iter`` x the global batch; a checkpoint records
+    it, which matters when the world size changed), so a resumed run continues the sample order. Crops and masks
+    are seeded per sample position (see :class:`_SeededSamples`), so a resume is exact."""
+    img_size, patch_size = cfg.crops.global_crops_size, cfg.student.patch_size
+    n_tokens = (img_size // patch_size) ** 2
+    mask_generator = MaskingGenerator(
+        input_size=(img_size // patch_size, img_size // patch_size),
+        max_num_patches=0.5 * img_size // patch_size * img_size // patch_size,
+    )
+    augmentation = DataAugmentationDINO(
+        cfg.crops.global_crops_scale,
+        cfg.crops.local_crops_scale,
+        cfg.crops.local_crops_number,
+        global_crops_size=cfg.crops.global_crops_size,
+        local_crops_size=cfg.crops.local_crops_size,
+        global_crops_1_blur_p=cfg.crops.global_crops_1_blur_p,
+        global_crops_2_blur_p=cfg.crops.global_crops_2_blur_p,
+        local_crops_blur_p=cfg.crops.local_crops_blur_p,
+    )
+    collate_fn = partial(
+        collate_data_and_cast,
+        mask_ratio_tuple=tuple(cfg.ibot.mask_ratio_min_max),
+        mask_probability=cfg.ibot.mask_sample_probability,
+        n_tokens=n_tokens,
+        mask_generator=mask_generator,
+        dtype=as_torch_dtype(cfg.compute_precision.student.backbone.mixed_precision.param_dtype),
+    )
+    dataset = make_dataset(dataset_str=cfg.train.dataset_path, transform=augmentation, target_transform=_no_target)
+    rank, world_size = distributed.get_global_rank(), distributed.get_global_size()
+    first_position = start_iter * cfg.train.batch_size_per_gpu * world_size if samples_seen is None else samples_seen
+    sampler = ShardedInfiniteSampler(
+        sample_count=len(dataset),
+        shuffle=True,
+        seed=cfg.train.seed,
+        start=rank,
+        step=world_size,
+        advance=first_position,
+    )
+    return DataLoader(
+        _SeededSamples(dataset, cfg.train.seed),
+        sampler=_PositionedSampler(sampler, first_position=first_position, rank=rank, world_size=world_size),
+        batch_size=cfg.train.batch_size_per_gpu,
+        num_workers=cfg.train.num_workers,
+        pin_memory=torch.accelerator.is_available(),
+        drop_last=True,
+        collate_fn=partial(_seeded_collate, seed=cfg.train.seed, collate_fn=collate_fn),
+    )
+
+
+# -- evaluation export, checkpoints ---------------------------------------------------------------------------------
+
+
+def do_test(cfg: DictConfig, model: SSLMetaArch, iteration: str) -> Path:
+    """Exports the teacher to ``<output_dir>/eval/<iteration>/teacher_checkpoint.pth`` as ``{"teacher": state}``
+    with flat block keys (``backbone.blocks.<i>.*``, also for ``block_chunks`` > 0), which the hub builders and
+    the eval scripts load strictly. Every rank must call it (gathering sharded weights is collective)."""
+    state = full_state_dict(model.teacher)  # full tensors on rank 0 only
+    backbone = {key.removeprefix("backbone."): value for key, value in state.items() if key.startswith("backbone.")}
+    heads = {key: value for key, value in state.items() if not key.startswith("backbone.")}
+    flat = {f"backbone.{key}": value for key, value in to_flat_block_keys(backbone).items()}
+    path = Path(cfg.train.output_dir) / "eval" / iteration / "teacher_checkpoint.pth"
+    save_teacher_checkpoint(path, {**flat, **heads})
+    if distributed.is_main_process():
+        logger.info("exported the teacher to %s", path)
+    return path
+
+
+def _resume_or_load(
+    cfg: DictConfig, model: SSLMetaArch, optimizer: torch.optim.Optimizer, checkpointer: Checkpointer, resume: bool
+) -> tuple[int, dict[str, Any] | None]:
+    """``(start_iteration, extra)``: resumes everything (model, optimizer, loss centers, grad scaler, RNG) from
+    the newest complete checkpoint and returns its extras (``rng``, ``samples_seen``), or loads the model only
+    from ``MODEL.WEIGHTS``, or starts at 0 (extras None)."""
+    latest = checkpointer.latest() if resume else None
+    if latest is not None:
+        extra = checkpointer.load(latest, model=model, optimizer=optimizer)
+        if model.fp16_scaler is not None and extra.get("grad_scaler"):
+            model.fp16_scaler.load_state_dict(extra["grad_scaler"])
+        logger.info("resumed from %s (iteration %d)", latest, extra["iteration"])
+        return int(extra["iteration"]) + 1, extra
+    if cfg.MODEL.WEIGHTS:
+        checkpointer.load(cfg.MODEL.WEIGHTS, model=model, restore_rng=False)
+        logger.info("loaded the model (only) from MODEL.WEIGHTS=%s", cfg.MODEL.WEIGHTS)
+    return 0, None
+
+
+def _save_checkpoint(
+    model: SSLMetaArch,
+    optimizer: torch.optim.Optimizer,
+    checkpointer: Checkpointer,
+    iteration: int,
+    samples_seen: int,
+) -> None:
+    extra = {
+        "grad_scaler": model.fp16_scaler.state_dict() if model.fp16_scaler is not None else None,
+        "samples_seen": samples_seen,  # global data position after this iteration
+    }
+    checkpointer.save(iteration, model=model, optimizer=optimizer, extra=extra)
+
+
+# -- one iteration --------------------------------------------------------------------------------------------------
+
+
+class _StopRequest:
+    """Records SIGTERM / SIGUSR1 (preemption) while training; the handler only sets a flag, and the training loop
+    saves a checkpoint at the end of the current iteration and returns. Previous handlers are restored on exit."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.signum = signum
+
+    def __enter__(self) -> "_StopRequest":
+        if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
+            for sig in _STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _reduce_losses(loss_dict: dict[str, torch.Tensor], stop: bool) -> tuple[dict[str, float], list[int], bool]:
+    """Rank-averaged loss terms, the ranks whose local loss was not finite, and whether any rank must stop; one
+    collective for all three."""
+    world = distributed.get_global_size()
+    local = torch.stack([value.float() for value in loss_dict.values()]).to(distributed.get_collective_device())
+    flags = torch.zeros(world + 1, device=local.device)  # [W non-finite flags, stop]
+    flags[distributed.get_global_rank()] = float(not bool(torch.isfinite(local).all()))
+    flags[world] = float(stop)
+    packed = distributed.all_reduce(torch.cat((local, flags)))
+    values = (packed[: len(loss_dict)] / world).tolist()
+    bad_ranks = [rank for rank in range(world) if packed[len(loss_dict) + rank] > 0]
+    return dict(zip(loss_dict, values)), bad_ranks, bool(packed[-1] > 0)
+
+
+def _write_nan_diagnostics(cfg: DictConfig, iteration: int, record: dict[str, Any]) -> Path:
+    path = Path(cfg.train.output_dir) / f"nan_diagnostics_{iteration}.json"
+    if distributed.is_main_process():
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(record, indent=2, default=str))
+        os.replace(tmp, path)
+    return path
+
+
+def _optimizer_step(cfg: DictConfig, model: SSLMetaArch, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """Per-part gradient clipping (after unscaling with fp16) and the optimizer step; returns the gradient norms."""
+    scaler = model.fp16_scaler
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    norms = model.clip_grad_norm_(cfg.optim.clip_grad) if cfg.optim.clip_grad else {}
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return {f"{name}_grad_norm": norm for name, norm in norms.items()}
+
+
+@dataclass
+class StepResult:
+    """Outcome of :func:`train_step`."""
+
+    losses: dict[str, float]  # rank-averaged loss terms
+    bad_ranks: list[int]  # ranks whose loss was not finite (the step was then not applied)
+    stop: bool  # some rank received a stop signal
+    grad_norms: dict[str, float]
+
+
+def train_step(
+    cfg: DictConfig,
+    model: SSLMetaArch,
+    optimizer: torch.optim.Optimizer,
+    data: dict[str, Any],
+    scheduled: dict[str, float],
+    stop_request: _StopRequest | None = None,
+) -> StepResult:
+    """Forward, backward, loss reduction, then (only if every rank's loss is finite) clipping, the optimizer step
+    and the teacher EMA, so a non-finite loss never reaches the weights. A stop signal received up to the loss
+    reduction is acted on at the end of this iteration."""
+    apply_optim_scheduler(optimizer, scheduled["lr"], scheduled["wd"], scheduled["last_layer_lr"])
+    optimizer.zero_grad(set_to_none=True)
+    loss_dict = model.forward_backward(data, teacher_temp=scheduled["teacher_temp"])
+    losses, bad_ranks, stop = _reduce_losses(loss_dict, stop_request is not None and stop_request.signum != 0)
+    grad_norms = {}
+    if not bad_ranks:
+        grad_norms = _optimizer_step(cfg, model, optimizer)
+        model.update_teacher(scheduled["mom"])
+    return StepResult(losses=losses, bad_ranks=bad_ranks, stop=stop, grad_norms=grad_norms)
+
+
+def _check_finite(
+    cfg: DictConfig, model: SSLMetaArch, iteration: int, result: StepResult, scheduled: dict[str, float], streak: int
+) -> int:
+    """Returns the new count of consecutive non-finite iterations; past ``train.max_nan_steps`` writes
+    ``nan_diagnostics_<it>.json`` and raises :class:`NonFiniteLossError` naming the terms and the iteration."""
+    if not result.bad_ranks:
+        return 0
+    streak += 1
+    terms = [name for name, value in result.losses.items() if not math.isfinite(value)]
+    if streak <= cfg.train.max_nan_steps:
+        logger.warning("non-finite %s at iteration %d (ranks %s): step skipped", terms, iteration, result.bad_ranks)
+        return streak
+    record = {
+        "iteration": iteration,
+        "non_finite_terms": terms,
+        "ranks_with_non_finite_loss": result.bad_ranks,
+        "losses_rank_mean": {name: str(value) for name, value in result.losses.items()},
+        "schedules": scheduled,
+        "grad_scaler_scale": model.fp16_scaler.get_scale() if model.fp16_scaler is not None else None,
+        "consecutive_non_finite_iterations": streak,
+    }
+    path = _write_nan_diagnostics(cfg, iteration, record)
+    raise NonFiniteLossError(
+        f"non-finite loss term(s) {', '.join(terms)} at iteration {iteration} (ranks {result.bad_ranks}); "
+        f"diagnostics in {path}. Common fixes: a lower optim.base_lr or a longer warmup, bf16 instead of fp16 "
+        "(compute_precision.*.param_dtype), dino.koleo_loss_weight=0 when images are near-duplicates or the batch "
+        "per rank is tiny; train.max_nan_steps > 0 skips isolated bad steps"
+    )
+
+
+def _periodic_outputs(
+    cfg: DictConfig,
+    model: SSLMetaArch,
+    optimizer: torch.optim.Optimizer,
+    checkpointer: Checkpointer,
+    iteration: int,
+    samples_seen: int,
+    stop: bool,
+) -> None:
+    """Teacher export every ``evaluation.eval_period_iterations``; checkpoint every ``train.saveckp_freq``
+    iterations, at the last iteration and when a stop was requested."""
+    max_iter = cfg.optim.epochs * cfg.train.OFFICIAL_EPOCH_LENGTH
+    eval_period = cfg.evaluation.eval_period_iterations
+    if eval_period > 0 and (iteration + 1) % eval_period == 0:
+        do_test(cfg, model, f"training_{iteration}")
+    save_period = cfg.train.saveckp_freq
+    if stop or iteration == max_iter - 1 or (save_period > 0 and (iteration + 1) % save_period == 0):
+        _save_checkpoint(model, optimizer, checkpointer, iteration, samples_seen)
+
+
+def do_train(cfg: DictConfig, model: SSLMetaArch, resume: bool = False) -> dict[str, Any]:
+    """Trains until ``optim.epochs * OFFICIAL_EPOCH_LENGTH`` iterations (or a stop signal) and returns the global
+    averages of the logged meters, plus ``iteration`` (the last one run) and ``stopped`` (True after a signal)."""
+    model.train()
+    optimizer = build_optimizer(cfg, model.get_params_groups())
+    schedulers = build_schedulers(cfg)
+    checkpointer = Checkpointer(cfg.train.output_dir, max_to_keep=cfg.train.max_to_keep)
+    start_iter, extra = _resume_or_load(cfg, model, optimizer, checkpointer, resume)
+    max_iter = cfg.optim.epochs * cfg.train.OFFICIAL_EPOCH_LENGTH
+    global_batch = cfg.train.batch_size_per_gpu * distributed.get_global_size()
+    samples_seen = extra.get("samples_seen", start_iter * global_batch) if extra else start_iter * global_batch
+    data_iter = iter(build_data_loader(cfg, start_iter, samples_seen=samples_seen))
+    if extra is not None:
+        restore_rng_state(extra["rng"])  # creating the iterator drew a seed: rewind to the checkpoint's RNG state
+    metric_logger = MetricLogger(delimiter="  ", output_file=Path(cfg.train.output_dir) / "training_metrics.json")
+    iteration, nan_streak, stopped = start_iter, 0, False
+    logger.info("Starting training from iteration %d of %d", start_iter, max_iter)
+    with _StopRequest() as stop_request:
+        for data in metric_logger.log_every(data_iter, _PRINT_FREQ, "Training", max_iter, start_iter):
+            scheduled = scheduled_values(schedulers, iteration)
+            result = train_step(cfg, model, optimizer, data, scheduled, stop_request)
+            nan_streak = _check_finite(cfg, model, iteration, result, scheduled, nan_streak)
+            if not result.bad_ranks:
+                batch_size = data["collated_global_crops"].shape[0] / 2
+                total_loss = sum(result.losses.values())
+                metric_logger.update(
+                    **scheduled,
+                    current_batch_size=batch_size,
+                    total_loss=total_loss,
+                    **result.losses,
+                    **result.grad_norms,
+                )
+            samples_seen += global_batch
+            _periodic_outputs(cfg, model, optimizer, checkpointer, iteration, samples_seen, result.stop)
+            if result.stop:
+                logger.info("stop signal received: checkpoint of iteration %d saved, exiting", iteration)
+                stopped = True
+                break
+            iteration += 1
+    metric_logger.synchronize_between_processes()
+    averages = {name: meter.global_avg for name, meter in metric_logger.meters.items()}
+    return {**averages, "iteration": min(iteration, max_iter - 1), "stopped": stopped}
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Trains (or, with ``--eval-only``, exports the teacher of the newest checkpoint) as ``args`` say."""
+    cfg = setup(args)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    model = SSLMetaArch(cfg)
+    model.prepare_for_distributed_training()
+    logger.info("Model:\n%s", model)
+    if args.eval_only:
+        checkpointer = Checkpointer(cfg.train.output_dir)
+        latest = checkpointer.latest()
+        if latest is None:
+            raise FileNotFoundError(f"--eval-only: no complete checkpoint under {checkpointer.directory}")
+        extra = checkpointer.load(latest, model=model, restore_rng=False)
+        do_test(cfg, model, f"manual_{extra['iteration']}")
+        return {"iteration": extra["iteration"]}
+    return do_train(cfg, model, resume=not args.no_resume)
+
+
+if __name__ == "__main__":
+    main(get_args_parser(add_help=True).parse_args())
