@@ -135,7 +135,9 @@ def _global_crops_size(config_file: Path) -> int:
 
 
 def _latest_teacher(train_dir: Path) -> Path:
-    exports = sorted((train_dir / "eval").glob("training_*/teacher_checkpoint.pth"), key=lambda p: int(p.parent.name[9:]))
+    exports = sorted(
+        (train_dir / "eval").glob("training_*/teacher_checkpoint.pth"), key=lambda p: int(p.parent.name[9:])
+    )
     if not exports:
         raise RuntimeError(f"training wrote no teacher export under {train_dir / 'eval'}")
     return exports[-1]
@@ -156,8 +158,7 @@ def write_report(output_dir: Path, report: dict) -> str:
         "",
         f"- training config: `{report['config_file']}` ({report['iterations']} iterations, "
         f"{report['train_seconds'] / 60:.1f} min)",
-        f"- k-NN: cosine, k={KNN_K}, T={KNN_T}, memory bank {report['bank_size']} training images, "
-        "10,000 test images",
+        f"- k-NN: cosine, k={KNN_K}, T={KNN_T}, memory bank {report['bank_size']} training images, 10,000 test images",
     ]
     if "loss_first" in report:
         lines.append(f"- total loss: {report['loss_first']:.3f} (first records) -> {report['loss_last']:.3f} (last)")
@@ -215,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
 
     logger.info("step 5/5: report")
     report = {
-        "config_file": str(Path(config_file).relative_to(REPO) if Path(config_file).is_relative_to(REPO) else config_file),
+        "config_file": str(
+            Path(config_file).relative_to(REPO) if Path(config_file).is_relative_to(REPO) else config_file
+        ),
         "overrides": args.opts,
         "iterations": int(teacher.parent.name[len("training_") :]) + 1,
         "train_seconds": train_seconds,
