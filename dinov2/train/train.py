@@ -16,6 +16,7 @@ Runs as one process (CPU or one GPU), under ``torchrun --nproc_per_node N`` or u
 
 import argparse
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -138,13 +139,7 @@ def build_schedulers(cfg: DictConfig) -> tuple[CosineScheduler, ...]:
         warmup_iters=temp_warmup,
         start_warmup_value=cfg.teacher.warmup_teacher_temp,
     )
-    last_layer_lr = CosineScheduler(
-        base_value=cfg.optim.lr,
-        final_value=cfg.optim.min_lr,
-        total_iters=total,
-        warmup_iters=cfg.optim.warmup_epochs * epoch_len,
-        start_warmup_value=0,
-    )
+    last_layer_lr = copy.deepcopy(lr)
     last_layer_lr.schedule[: cfg.optim.freeze_last_layer_epochs * epoch_len] = 0
     logger.info("Schedulers ready.")
     return lr, wd, momentum, teacher_temp, last_layer_lr
