@@ -81,19 +81,14 @@ def build_model_for_eval(config, pretrained_weights: str | None, device: torch.d
 
 
 def _setup(args: argparse.Namespace):
-    """The training's setup for an eval run: config, process group (if launched so), logging, seeds, config.yaml."""
+    """The training's setup for an eval run: config, process group (if launched so), logging, seeds, config.yaml.
+    Unlike training, the lr scaling rule is not applied: the config is the model's description here."""
     from dinov2 import distributed
-    from dinov2.logging import setup_logging
-    from dinov2.utils.config import get_cfg_from_args, write_config
-    from dinov2.utils.utils import fix_random_seeds, get_sha
+    from dinov2.utils.config import default_setup, get_cfg_from_args, write_config
 
     config = get_cfg_from_args(args)  # also makes args.output_dir absolute
     os.makedirs(args.output_dir, exist_ok=True)
-    distributed.enable(overwrite=True)
-    setup_logging(output=args.output_dir, level=logging.INFO)
-    fix_random_seeds(getattr(args, "seed", 0) + distributed.get_global_rank())
-    logger.info("git:\n  %s\n", get_sha())
-    logger.info("\n".join(f"{key}: {value}" for key, value in sorted(vars(args).items())))
+    default_setup(args, seed=getattr(args, "seed", 0))
     if distributed.is_main_process():
         write_config(config, args.output_dir)
     return config
