@@ -6,7 +6,7 @@ Steps (each is skipped when its output already exists, so an interrupted job pic
 2. k-NN baselines on the same memory bank: raw pixels, and a randomly initialised backbone;
 3. pretrain with ``dinov2/train/train.py`` (config ``--config-file``, default the Fashion-MNIST preset) on the
    60,000 training images, labels unused; training resumes from its last checkpoint if the job is re-run;
-4. k-NN of the final exported teacher;
+4. k-NN of every exported teacher (``evaluation.eval_period_iterations``), showing the progress;
 5. ``<output>/report.md`` and ``report.json``: the figures side by side, printed at the end.
 
     python scripts/main_job.py --output-dir runs/fashion_mnist [train overrides key=value ...]
@@ -134,13 +134,23 @@ def _global_crops_size(config_file: Path) -> int:
     return int(OmegaConf.load(config_file).crops.global_crops_size)
 
 
-def _latest_teacher(train_dir: Path) -> Path:
-    exports = sorted(
-        (train_dir / "eval").glob("training_*/teacher_checkpoint.pth"), key=lambda p: int(p.parent.name[9:])
-    )
+def _add_train_seconds(train_dir: Path, seconds: float) -> float:
+    """Adds this run's training time to the total kept in ``train_dir`` (a resumed job counts every part)."""
+    path = train_dir / "main_job_train_seconds.json"
+    total = json.loads(path.read_text())["seconds"] + seconds if path.is_file() else seconds
+    path.write_text(json.dumps({"seconds": total}) + "\n")
+    return total
+
+
+def _teacher_exports(train_dir: Path) -> dict[int, Path]:
+    """``{iterations trained: teacher_checkpoint.pth}`` of every export, in training order."""
+    exports = {
+        int(path.parent.name[len("training_") :]) + 1: path
+        for path in (train_dir / "eval").glob("training_*/teacher_checkpoint.pth")
+    }
     if not exports:
         raise RuntimeError(f"training wrote no teacher export under {train_dir / 'eval'}")
-    return exports[-1]
+    return dict(sorted(exports.items()))
 
 
 def _loss_summary(train_dir: Path) -> dict[str, float]:
@@ -158,7 +168,8 @@ def write_report(output_dir: Path, report: dict) -> str:
         "",
         f"- training config: `{report['config_file']}` ({report['iterations']} iterations, "
         f"{report['train_seconds'] / 60:.1f} min)",
-        f"- k-NN: cosine, k={KNN_K}, T={KNN_T}, memory bank {report['bank_size']} training images, 10,000 test images",
+        f"- k-NN: cosine, k={KNN_K}, T={KNN_T}, memory bank {report['bank_size']} training images, "
+        f"{report['test_size']} test images",
     ]
     if "loss_first" in report:
         lines.append(f"- total loss: {report['loss_first']:.3f} (first records) -> {report['loss_last']:.3f} (last)")
@@ -168,7 +179,10 @@ def write_report(output_dir: Path, report: dict) -> str:
         "|---|---|",
         f"| raw pixels (mean-subtracted) | {report['knn_raw_pixels']:.2f} |",
         f"| random-init backbone | {report['knn_random_init']:.2f} |",
-        f"| DINOv2-pretrained teacher | {report['knn_pretrained']:.2f} |",
+        *(
+            f"| DINOv2 teacher after {iterations} iterations | {top1:.2f} |"
+            for iterations, top1 in report["knn_by_iterations"].items()
+        ),
         "",
     ]
     text = "\n".join(lines)
@@ -207,12 +221,15 @@ def main(argv: list[str] | None = None) -> int:
         f"train.dataset_path=ImageFolder:root={folders['train']}",
         *args.opts,
     ]
-    train_seconds = _run(train_command, str(train_dir), train_dir)
+    train_seconds = _add_train_seconds(train_dir, _run(train_command, str(train_dir), train_dir))
 
-    logger.info("step 4/5: k-NN of the pretrained teacher")
-    teacher = _latest_teacher(train_dir)
+    logger.info("step 4/5: k-NN of the exported teachers")
     trained_config = train_dir / "config.yaml"
-    knn_trained, _ = model_knn(trained_config, str(teacher), bank, folders["test"], teacher.parent / "knn")
+    knn_by_iterations = {
+        iterations: model_knn(trained_config, str(teacher), bank, folders["test"], teacher.parent / "knn")[0]
+        for iterations, teacher in _teacher_exports(train_dir).items()
+    }
+    iterations = max(knn_by_iterations)
 
     logger.info("step 5/5: report")
     report = {
@@ -220,12 +237,14 @@ def main(argv: list[str] | None = None) -> int:
             Path(config_file).relative_to(REPO) if Path(config_file).is_relative_to(REPO) else config_file
         ),
         "overrides": args.opts,
-        "iterations": int(teacher.parent.name[len("training_") :]) + 1,
+        "iterations": iterations,
         "train_seconds": train_seconds,
         "bank_size": bank_size,
+        "test_size": int(fmnist.load_split(args.source, "test")[1].size),
         "knn_raw_pixels": knn_raw,
         "knn_random_init": knn_random,
-        "knn_pretrained": knn_trained,
+        "knn_pretrained": knn_by_iterations[iterations],
+        "knn_by_iterations": knn_by_iterations,
         **_loss_summary(train_dir),
     }
     print(write_report(output_dir, report))

@@ -88,7 +88,12 @@ def test_main_job_end_to_end(tmp_path):
     for key in ("knn_random_init", "knn_pretrained"):
         assert 0.0 <= report[key] <= 100.0
     assert (out / "train" / "eval" / "training_3" / "teacher_checkpoint.pth").is_file()
-    assert "| DINOv2-pretrained teacher |" in (out / "report.md").read_text()
+    assert report["test_size"] == 20
+    assert list(report["knn_by_iterations"]) == ["2", "4"]  # exports after iterations 2 and 4 (JSON keys)
+    assert report["knn_by_iterations"]["4"] == report["knn_pretrained"]
+    assert "| DINOv2 teacher after 4 iterations |" in (out / "report.md").read_text()
     # A second run reuses every step's output (training finds its final checkpoint and does nothing more).
     assert main_job.main(argv) == 0
-    assert json.loads((out / "report.json").read_text())["knn_pretrained"] == report["knn_pretrained"]
+    second = json.loads((out / "report.json").read_text())
+    assert second["knn_pretrained"] == report["knn_pretrained"]
+    assert second["train_seconds"] > report["train_seconds"]  # the training times of both runs add up
