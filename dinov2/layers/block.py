@@ -5,6 +5,7 @@ batch and is added back with weight ``B / subset`` (same expectation as DropPath
 positive rates classic per-sample DropPath is used. Unlike the reference, the FFN branch uses ``drop_path2``
 (the reference applied ``drop_path1`` twice, a FIXME upstream; both modules have the same rate, so only the RNG
 draws differ). ``NestedTensorBlock`` also accepts a list of token tensors of different lengths (multi-crop).
+Without autograd (inference, EMA teacher) each LayerScale product is fused into its residual addition.
 """
 
 from collections.abc import Callable, Sequence
@@ -56,6 +57,22 @@ def add_residual(x: Tensor, brange: Tensor, residual: Tensor, residual_scale_fac
     residual_flat = residual.to(dtype=x.dtype).flatten(1)  # [subset, N*D]
     out = torch.index_add(x_flat, 0, brange, residual_flat, alpha=residual_scale_factor)  # [B, N*D]
     return out.view_as(x)
+
+
+def _add_scaled_residual(x: Tensor, residual: Tensor, layer_scale: nn.Module, inplace: bool) -> Tensor:
+    """``x + layer_scale(residual)`` in one pass when ``layer_scale`` is a :class:`LayerScale` (``addcmul``: no
+    ``residual * gamma`` temporary; the fused multiply-add may differ from two roundings by 1 ulp).
+
+    ``inplace`` writes into ``x``: only for tensors the caller owns, without autograd, and only when the result
+    keeps ``x``'s dtype (an fp32 residual stream under bf16 autocast does).
+    """
+    if isinstance(layer_scale, LayerScale):
+        out_dtype = torch.promote_types(torch.result_type(x, residual), layer_scale.gamma.dtype)
+        if inplace and out_dtype == x.dtype:
+            return x.addcmul_(residual, layer_scale.gamma)
+        return torch.addcmul(x, residual, layer_scale.gamma)
+    residual = layer_scale(residual)
+    return x.add_(residual) if inplace and torch.result_type(x, residual) == x.dtype else x + residual
 
 
 def drop_add_residual_stochastic_depth_list(
@@ -130,8 +147,16 @@ class Block(nn.Module):
         if self.training and ratio > 0.0:
             x = x + self.drop_path1(self.attn_residual_func(x))
             return x + self.drop_path2(self.ffn_residual_func(x))
+        if not torch.is_grad_enabled():
+            return self._forward_no_grad(x)
         x = x + self.attn_residual_func(x)
         return x + self.ffn_residual_func(x)
+
+    def _forward_no_grad(self, x: Tensor) -> Tensor:
+        """The plain residuals with fused LayerScale; the second addition goes in place into the first one's fresh
+        output, so the block never writes into its input (``get_intermediate_layers`` keeps it)."""
+        x = _add_scaled_residual(x, self.attn(self.norm1(x)), self.ls1, inplace=False)  # [B, N, D]
+        return _add_scaled_residual(x, self.mlp(self.norm2(x)), self.ls2, inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:
         return self._forward_residuals(x, _SUBSET_DROP_MIN_RATIO)
