@@ -177,3 +177,31 @@ def test_add_scaled_residual_in_place_only_when_dtype_is_kept(with_layer_scale):
         out = _add_scaled_residual(x_bf16, residual, layer_scale, inplace=True)  # fp32 result: no write into bf16
     assert out.dtype == torch.float32 and torch.equal(out, expected)
     assert torch.equal(x_bf16, torch.ones(2, 3, 4, dtype=torch.bfloat16))
+
+
+def test_scratch_receives_the_result_and_the_exact_upcast():
+    layer_scale = LayerScale(4, init_values=0.5)
+    x = torch.randn(2, 3, 4)
+    residual = torch.randn(2, 3, 4).bfloat16()
+    with torch.no_grad():
+        expected = _add_scaled_residual(x, residual, layer_scale, inplace=False)
+        scratch = torch.empty(2, 3, 4)
+        out = _add_scaled_residual(x, residual, layer_scale, inplace=False, scratch=scratch)
+        assert out is scratch and torch.equal(out, expected)
+        y = x.clone()
+        out = _add_scaled_residual(y, residual, layer_scale, inplace=True, scratch=torch.empty(2, 3, 4))
+        assert out is y and torch.equal(out, expected)
+        wrong_shape = torch.empty(3, 4)
+        out = _add_scaled_residual(x, residual, layer_scale, inplace=False, scratch=wrong_shape)
+    assert out is not wrong_shape and torch.equal(out, expected)
+
+
+def test_no_grad_path_with_a_norm_that_returns_its_input():
+    """Only a plain LayerNorm's output is used as scratch; an identity norm would alias the block input."""
+    blk = Block(16, num_heads=2, init_values=0.3, norm_layer=lambda dim, **kwargs: nn.Identity()).eval()
+    x = torch.randn(2, 5, 16)
+    x_before = x.clone()
+    with torch.no_grad():
+        out = blk(x)
+    assert torch.equal(x, x_before)
+    torch.testing.assert_close(out, _formula(blk, x_before), rtol=0, atol=1e-6)
