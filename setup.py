@@ -28,7 +28,8 @@ setup(
     package_data={"": ["*.yaml"], "dinov2.configs": ["train/*.yaml", "eval/*.yaml"]},
     install_requires=_requirements("requirements.txt"),
     extras_require={
-        "dev": _requirements("requirements-dev.txt"),
+        # the tests also run the benchmarks at toy sizes, so dev includes the benchmark peers
+        "dev": _requirements("requirements-dev.txt") + _requirements("requirements-bench.txt"),
         "bench": _requirements("requirements-bench.txt"),
         "xformers": ["xformers"],
     },

@@ -5,6 +5,7 @@ batch and is added back with weight ``B / subset`` (same expectation as DropPath
 positive rates classic per-sample DropPath is used. Unlike the reference, the FFN branch uses ``drop_path2``
 (the reference applied ``drop_path1`` twice, a FIXME upstream; both modules have the same rate, so only the RNG
 draws differ). ``NestedTensorBlock`` also accepts a list of token tensors of different lengths (multi-crop).
+Without autograd (inference, EMA teacher) each LayerScale product is fused into its residual addition.
 """
 
 from collections.abc import Callable, Sequence
@@ -56,6 +57,30 @@ def add_residual(x: Tensor, brange: Tensor, residual: Tensor, residual_scale_fac
     residual_flat = residual.to(dtype=x.dtype).flatten(1)  # [subset, N*D]
     out = torch.index_add(x_flat, 0, brange, residual_flat, alpha=residual_scale_factor)  # [B, N*D]
     return out.view_as(x)
+
+
+def _add_scaled_residual(
+    x: Tensor, residual: Tensor, layer_scale: nn.Module, inplace: bool, scratch: Tensor | None = None
+) -> Tensor:
+    """``x + layer_scale(residual)`` in one pass when ``layer_scale`` is a :class:`LayerScale` (``addcmul``: no
+    ``residual * gamma`` temporary; the fused multiply-add may differ from two roundings by 1 ulp).
+
+    ``inplace`` writes into ``x``: only for tensors the caller owns, without autograd, and only when the result
+    keeps ``x``'s dtype (an fp32 residual stream under bf16 autocast does). ``scratch``, a dead buffer the caller
+    owns, of ``x``'s shape, receives the result instead of a new tensor (unless ``inplace``) and holds the exact
+    upcast of a lower-precision ``residual``, which ``addcmul`` would otherwise copy into a temporary.
+    """
+    if not isinstance(layer_scale, LayerScale):
+        residual = layer_scale(residual)
+        return x.add_(residual) if inplace and torch.result_type(x, residual) == x.dtype else x + residual
+    gamma = layer_scale.gamma
+    out_dtype = torch.promote_types(torch.result_type(x, residual), gamma.dtype)
+    out = x if inplace and out_dtype == x.dtype else None
+    if scratch is not None and scratch.dtype == out_dtype and scratch.shape == x.shape == residual.shape:
+        if residual.dtype != out_dtype:
+            residual = scratch.copy_(residual)  # [B, N, D]
+        out = scratch if out is None else out
+    return torch.addcmul(x, residual, gamma) if out is None else torch.addcmul(x, residual, gamma, out=out)
 
 
 def drop_add_residual_stochastic_depth_list(
@@ -130,8 +155,24 @@ class Block(nn.Module):
         if self.training and ratio > 0.0:
             x = x + self.drop_path1(self.attn_residual_func(x))
             return x + self.drop_path2(self.ffn_residual_func(x))
+        if not torch.is_grad_enabled():
+            return self._forward_no_grad(x)
         x = x + self.attn_residual_func(x)
         return x + self.ffn_residual_func(x)
+
+    def _forward_no_grad(self, x: Tensor) -> Tensor:
+        """The plain residuals with fused LayerScale. Each ``nn.LayerNorm`` output is dead once its branch has read
+        it, so it serves as scratch: the first residual's result goes there, and the second addition goes in place
+        into that; the block never writes into its input (``get_intermediate_layers`` keeps it)."""
+        h = self.norm1(x)  # [B, N, D]
+        x = _add_scaled_residual(x, self.attn(h), self.ls1, inplace=False, scratch=self._scratch(self.norm1, h))
+        h = self.norm2(x)  # [B, N, D]
+        return _add_scaled_residual(x, self.mlp(h), self.ls2, inplace=True, scratch=self._scratch(self.norm2, h))
+
+    @staticmethod
+    def _scratch(norm: nn.Module, out: Tensor) -> Tensor | None:
+        """``out`` when ``norm`` is a plain LayerNorm, whose output is always a fresh contiguous tensor."""
+        return out if type(norm) is nn.LayerNorm and out.is_contiguous() else None
 
     def forward(self, x: Tensor) -> Tensor:
         return self._forward_residuals(x, _SUBSET_DROP_MIN_RATIO)

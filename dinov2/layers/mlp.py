@@ -9,7 +9,12 @@ __all__ = ["Mlp"]
 
 
 class Mlp(nn.Module):
-    """Two-layer MLP with dropout after each layer; ``hidden_features``/``out_features`` default to the input size."""
+    """Two-layer MLP with dropout after each layer; ``hidden_features``/``out_features`` default to the input size.
+
+    Without autograd an ``nn.GELU`` activation is applied in place on ``fc1``'s fresh output (same kernel, same
+    values), which saves the largest allocation of the block; a forward hook on ``fc1`` that keeps its output must
+    therefore clone it.
+    """
 
     def __init__(
         self,
@@ -31,5 +36,9 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.drop(self.act(self.fc1(x)))  # [..., hidden]
-        return self.drop(self.fc2(x))  # [..., out]
+        x = self.fc1(x)  # [..., hidden]
+        if type(self.act) is nn.GELU and not torch.is_grad_enabled():
+            x = torch.ops.aten.gelu_(x, approximate=self.act.approximate)
+        else:
+            x = self.act(x)
+        return self.drop(self.fc2(self.drop(x)))  # [..., out]

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from dinov2.layers import Block, DropPath, NestedTensorBlock
-from dinov2.layers.block import drop_add_residual_stochastic_depth
+from dinov2.layers import Block, DropPath, LayerScale, NestedTensorBlock
+from dinov2.layers.block import _add_scaled_residual, drop_add_residual_stochastic_depth
 from dinov2.layers.drop_path import drop_path
 
 
@@ -103,3 +103,105 @@ def test_nested_list_equals_separate_calls():
 def test_nested_rejects_other_types():
     with pytest.raises(TypeError):
         _block(cls=NestedTensorBlock)("not a tensor")
+
+
+# ---------------------------------------------------------------- no-grad path (LayerScale fused into the residual)
+
+
+def _formula(blk, x):
+    """The block written out with separate LayerScale products and additions (the path autograd uses)."""
+    y = x + blk.ls1(blk.attn(blk.norm1(x)))
+    return y + blk.ls2(blk.mlp(blk.norm2(y)))
+
+
+@pytest.mark.parametrize("init_values", [0.3, None])
+@pytest.mark.parametrize("cls", [Block, NestedTensorBlock])
+def test_no_grad_path_equals_formula_and_keeps_input(init_values, cls):
+    blk = cls(16, num_heads=2, qkv_bias=True, init_values=init_values).eval()
+    x = torch.randn(3, 7, 16)
+    x_before = x.clone()
+    with torch.no_grad():
+        expected = _formula(blk, x)
+        out = blk(x)
+    assert torch.equal(x, x_before)  # the in-place addition writes into the block's own intermediate only
+    assert out.dtype == expected.dtype
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    with torch.inference_mode():
+        torch.testing.assert_close(blk(x), expected, rtol=0, atol=1e-6)
+
+
+def test_no_grad_path_is_used_and_grad_path_is_unfused():
+    blk = _block().eval()
+    calls = []
+    original = blk._forward_no_grad
+    blk._forward_no_grad = lambda t: calls.append(1) or original(t)
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    out = blk(x)
+    assert calls == []
+    assert torch.equal(out, _formula(blk, x))  # training numerics are untouched, bit for bit
+    with torch.no_grad():
+        fused = blk(x)
+    assert calls == [1]
+    torch.testing.assert_close(fused, out.detach(), rtol=0, atol=1e-6)
+
+
+def test_grad_path_gradients_match_formula():
+    blk = _block()
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    grads = torch.autograd.grad(blk(x).square().sum(), [x, blk.ls1.gamma, blk.ls2.gamma])
+    expected = torch.autograd.grad(_formula(blk, x).square().sum(), [x, blk.ls1.gamma, blk.ls2.gamma])
+    for grad, ref in zip(grads, expected):
+        assert torch.equal(grad, ref)
+
+
+def test_no_grad_path_under_bf16_autocast_keeps_fp32_stream():
+    blk = Block(64, num_heads=4, qkv_bias=True, init_values=0.5).eval()
+    x = torch.randn(2, 9, 64)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = _formula(blk, x)
+        out = blk(x)
+    assert out.dtype == expected.dtype == torch.float32
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("with_layer_scale", [True, False])
+def test_add_scaled_residual_in_place_only_when_dtype_is_kept(with_layer_scale):
+    layer_scale = LayerScale(4, init_values=0.5) if with_layer_scale else nn.Identity()
+    residual = torch.randn(2, 3, 4)
+    expected = torch.ones(2, 3, 4) + layer_scale(residual)
+    with torch.no_grad():
+        x = torch.ones(2, 3, 4)
+        out = _add_scaled_residual(x, residual, layer_scale, inplace=True)
+        assert out is x and torch.equal(out, expected)
+        x_bf16 = torch.ones(2, 3, 4, dtype=torch.bfloat16)
+        out = _add_scaled_residual(x_bf16, residual, layer_scale, inplace=True)  # fp32 result: no write into bf16
+    assert out.dtype == torch.float32 and torch.equal(out, expected)
+    assert torch.equal(x_bf16, torch.ones(2, 3, 4, dtype=torch.bfloat16))
+
+
+def test_scratch_receives_the_result_and_the_exact_upcast():
+    layer_scale = LayerScale(4, init_values=0.5)
+    x = torch.randn(2, 3, 4)
+    residual = torch.randn(2, 3, 4).bfloat16()
+    with torch.no_grad():
+        expected = _add_scaled_residual(x, residual, layer_scale, inplace=False)
+        scratch = torch.empty(2, 3, 4)
+        out = _add_scaled_residual(x, residual, layer_scale, inplace=False, scratch=scratch)
+        assert out is scratch and torch.equal(out, expected)
+        y = x.clone()
+        out = _add_scaled_residual(y, residual, layer_scale, inplace=True, scratch=torch.empty(2, 3, 4))
+        assert out is y and torch.equal(out, expected)
+        wrong_shape = torch.empty(3, 4)
+        out = _add_scaled_residual(x, residual, layer_scale, inplace=False, scratch=wrong_shape)
+    assert out is not wrong_shape and torch.equal(out, expected)
+
+
+def test_no_grad_path_with_a_norm_that_returns_its_input():
+    """Only a plain LayerNorm's output is used as scratch; an identity norm would alias the block input."""
+    blk = Block(16, num_heads=2, init_values=0.3, norm_layer=lambda dim, **kwargs: nn.Identity()).eval()
+    x = torch.randn(2, 5, 16)
+    x_before = x.clone()
+    with torch.no_grad():
+        out = blk(x)
+    assert torch.equal(x, x_before)
+    torch.testing.assert_close(out, _formula(blk, x_before), rtol=0, atol=1e-6)

@@ -1,8 +1,10 @@
 import inspect
+from functools import partial
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from dinov2.layers import LayerScale, Mlp, PatchEmbed, SwiGLUFFN, SwiGLUFFNFused
 
@@ -46,6 +48,27 @@ def test_mlp_keys_and_forward():
     assert set(mlp.state_dict()) == {"fc1.weight", "fc2.weight"}
     x = torch.randn(2, 8)
     torch.testing.assert_close(mlp(x), F.gelu(x @ mlp.fc1.weight.T) @ mlp.fc2.weight.T)
+
+
+@pytest.mark.parametrize("act_layer", [nn.GELU, partial(nn.GELU, approximate="tanh"), nn.SiLU])
+def test_mlp_no_grad_path_equals_grad_path(act_layer):
+    """Without autograd GELU runs in place on fc1's output: bit-identical outputs, and the input is untouched."""
+    mlp = Mlp(8, 16, act_layer=act_layer)
+    x = torch.randn(2, 5, 8)
+    x_before = x.clone()
+    with_grad = mlp(x)
+    expected = mlp.fc2(act_layer()(mlp.fc1(x)))
+    assert torch.equal(with_grad, expected)
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            assert torch.equal(mlp(x), expected.detach())
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = mlp(x)
+        expected_bf16 = mlp.fc2(act_layer()(mlp.fc1(x)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(bf16, mlp(x).detach())
+    assert bf16.dtype == torch.bfloat16 and torch.equal(bf16, expected_bf16)
+    assert torch.equal(x, x_before)
 
 
 def test_patch_embed_shapes_and_errors():

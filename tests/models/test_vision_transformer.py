@@ -143,6 +143,22 @@ def test_intermediate_layers_int_and_list(block_chunks):
     torch.testing.assert_close(picked[1], model.norm(per_block[2])[:, 3:])
 
 
+def test_no_grad_outputs_match_grad_mode():
+    """Without autograd the blocks fuse LayerScale into the residual and add in place: same outputs (within FMA
+    rounding), and the intermediate outputs already handed out are not overwritten by later blocks."""
+    model = tiny_vit(num_register_tokens=1)
+    x = torch.randn(2, 3, 24, 24)
+    with_grad = model.get_intermediate_layers(x, n=4, norm=False)
+    features = model.forward_features(x)
+    with torch.inference_mode():
+        no_grad = model.get_intermediate_layers(x, n=4, norm=False)
+        no_grad_features = model.forward_features(x)
+    for out, ref in zip(no_grad, with_grad):
+        torch.testing.assert_close(out, ref.detach(), rtol=0, atol=1e-6)
+    for key in ("x_norm_clstoken", "x_norm_patchtokens", "x_prenorm"):
+        torch.testing.assert_close(no_grad_features[key], features[key].detach(), rtol=0, atol=1e-6)
+
+
 def test_intermediate_layers_reshape_class_and_register_tokens():
     model = tiny_vit(num_register_tokens=2)
     x = torch.randn(2, 3, 16, 24)
