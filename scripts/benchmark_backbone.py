@@ -175,7 +175,18 @@ def measure(
     return {name: reduce(values) for name, values in rates.items()}
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Sizes must be whole patch grids (the peers refuse others) and counts positive."""
+    bad_sizes = [size for size in args.sizes if size < 14 or size % 14]
+    if bad_sizes:
+        raise ValueError(f"--sizes {bad_sizes}: use positive multiples of the patch size 14, e.g. 224 or 518")
+    for name in ("batch_size", "iters", "trials"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+
+
 def main(args: argparse.Namespace) -> list[dict[str, object]]:
+    check_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -36,6 +36,14 @@ def test_runs_end_to_end(bench, capsys):
     assert table[2].split()[:3] == ["vits14", "28", "fp32"] and len(table) == 4
 
 
+@pytest.mark.parametrize(
+    "argv, match", [("--sizes 224 100", r"--sizes \[100\]"), ("--batch-size 0", "--batch-size must be >= 1")]
+)
+def test_bad_arguments_are_clear_errors(bench, argv, match):
+    with pytest.raises(ValueError, match=match):
+        bench.main(bench.get_args_parser().parse_args(argv.split()))
+
+
 @pytest.mark.slow  # builds three ViT-S/14 and imports transformers
 def test_peers_get_our_weights_and_a_mismatch_is_caught(bench):
     models = bench.build_models("vits14", 28, torch.device("cpu"))
