@@ -23,9 +23,15 @@ def _log_file_for_rank(output: str | Path, rank: int) -> Path:
 
 
 def _add_handler(logger: logging.Logger, key: str, handler: logging.Handler, level: int) -> None:
+    """Adds ``handler`` under ``key`` ("console" or "file:<path>") unless that key is there already. A file handler
+    replaces one for another path, so a second run in the same process does not keep writing the first one's log."""
     if any(getattr(existing, _HANDLER_TAG, None) == key for existing in logger.handlers):
         handler.close()
         return
+    kind = key.split(":", 1)[0]
+    for stale in [h for h in logger.handlers if str(getattr(h, _HANDLER_TAG, "")).split(":", 1)[0] == kind]:
+        logger.removeHandler(stale)
+        stale.close()
     handler.setLevel(level)
     handler.setFormatter(logging.Formatter(_FORMAT, datefmt=_DATE_FORMAT))
     setattr(handler, _HANDLER_TAG, key)

@@ -127,7 +127,7 @@ def test_default_has_no_unexpected_keys() -> None:
 
 def test_every_packaged_config_merges_with_the_defaults() -> None:
     names = [n for n in available_configs() if n != "ssl_default_config"]
-    assert len(names) == 13  # 5 train presets + 8 eval architectures
+    assert len(names) == 14  # 6 train presets + 8 eval architectures
     for name in names:
         cfg = load_and_merge_config(name)
         assert cfg.crops.global_crops_size % cfg.student.patch_size == 0, name

@@ -55,6 +55,16 @@ def test_setup_logging_is_idempotent_and_writes_rank_file(tmp_path: Path, restor
     assert not logger.propagate
 
 
+def test_a_new_output_replaces_the_previous_log_file(tmp_path: Path, restore_loggers: None) -> None:
+    logger = setup_logging(tmp_path / "first")
+    count = len(logger.handlers)
+    setup_logging(tmp_path / "second")
+    assert len(logger.handlers) == count
+    logger.info("only in the second run's log")
+    assert "only in the second run" in (tmp_path / "second" / "logs" / "log.txt").read_text()
+    assert "only in the second run" not in (tmp_path / "first" / "logs" / "log.txt").read_text()
+
+
 def test_log_file_names() -> None:
     assert log_file_for_rank("out", 0) == Path("out/logs/log.txt")
     assert log_file_for_rank("out", 3) == Path("out/logs/log.txt.rank3")
