@@ -1,5 +1,4 @@
 import gzip
-import importlib.util
 import struct
 from pathlib import Path
 
@@ -7,15 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "prepare_fashion_mnist.py"
-
 
 @pytest.fixture(scope="module")
-def fm():
-    spec = importlib.util.spec_from_file_location("prepare_fashion_mnist", _SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def fm(load_script):
+    return load_script("prepare_fashion_mnist")
 
 
 def _write_idx(path: Path, array: np.ndarray, gz: bool) -> None:

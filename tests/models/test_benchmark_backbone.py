@@ -1,21 +1,13 @@
 """scripts/benchmark_backbone.py end to end at toy sizes (its figures are not tested: benchmarks are never timed
 tests), plus its guard that the peers compute our function."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
-_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "benchmark_backbone.py"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("benchmark_backbone", _SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_script):
+    return load_script("benchmark_backbone")
 
 
 @pytest.mark.slow
