@@ -2,12 +2,11 @@
 
 Source: the Debian package ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``) or any folder holding
 ``train-images-idx3-ubyte[.gz]``, ``train-labels-idx1-ubyte[.gz]``, ``t10k-images-idx3-ubyte[.gz]`` and
-``t10k-labels-idx1-ubyte[.gz]``. Output: ``OUT/train/<class>/<index>.png`` and ``OUT/test/<class>/<index>.png``
-(grayscale PNG, 28x28), plus ``OUT/train_<n>pc/`` holding the first ``n`` training images of each class when
-``--train-subset-per-class n`` is given (a smaller k-NN memory bank). A finished tree is marked by
-``OUT/<split>/.complete`` and is not written again.
+``t10k-labels-idx1-ubyte[.gz]``. Output: ``OUT/train/<class>/<index>.png`` and ``OUT/val/<class>/<index>.png`` (the
+official test split; grayscale PNG, 28x28): the layout ``scripts/main_job.py --dataset-dir`` reads. A finished tree
+is marked by ``OUT/<split>/.complete`` and is not written again.
 
-    python scripts/prepare_fashion_mnist.py --output data/fashion_mnist [--train-subset-per-class 1000]
+    python scripts/prepare_fashion_mnist.py --output data/fashion_mnist
 """
 
 import argparse
@@ -86,59 +85,41 @@ def load_split(source: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def write_image_folder(
-    images: np.ndarray, labels: np.ndarray, out_dir: str | Path, *, per_class: int | None = None
-) -> int:
+def write_image_folder(images: np.ndarray, labels: np.ndarray, out_dir: str | Path) -> int:
     """Writes ``out_dir/<class>/<index>.png`` (index = position in the split); returns the number written.
-
-    ``per_class`` keeps the first images of each class only. Skips the work if ``out_dir`` is already complete.
-    """
+    Skips the work if ``out_dir`` is already complete."""
     out_dir = Path(out_dir)
     if (out_dir / _COMPLETE).is_file():
         return int((out_dir / _COMPLETE).read_text().strip() or 0)
     for name in CLASS_NAMES:
         (out_dir / name).mkdir(parents=True, exist_ok=True)
-    seen = np.zeros(len(CLASS_NAMES), dtype=np.int64)
-    written = 0
     for index, (image, label) in enumerate(zip(images, labels)):
-        if per_class is not None and seen[label] >= per_class:
-            continue
-        seen[label] += 1
         Image.fromarray(image).save(out_dir / CLASS_NAMES[label] / f"{index:05d}.png")
-        written += 1
-        if written % 10000 == 0:
-            logger.info("%s: %d images written", out_dir, written)
-    (out_dir / _COMPLETE).write_text(f"{written}\n")
-    return written
+        if (index + 1) % 10000 == 0:
+            logger.info("%s: %d images written", out_dir, index + 1)
+    (out_dir / _COMPLETE).write_text(f"{len(images)}\n")
+    return len(images)
 
 
-def prepare(source: str | Path, output: str | Path, *, train_subset_per_class: int | None = None) -> dict[str, Path]:
-    """Writes the train and test trees (and the optional training subset); returns ``{name: folder}``."""
+def prepare(source: str | Path, output: str | Path) -> dict[str, Path]:
+    """Writes the train and val (the official test split) trees; returns ``{"train": folder, "val": folder}``."""
     output = Path(output)
     folders = {}
-    for split in ("train", "test"):
+    for split, folder in (("train", "train"), ("test", "val")):
         images, labels = load_split(source, split)
-        folders[split] = output / split
-        count = write_image_folder(images, labels, folders[split])
-        logger.info("%s: %d images in %s", split, count, folders[split])
-        if split == "train" and train_subset_per_class:
-            name = f"train_{train_subset_per_class}pc"
-            folders[name] = output / name
-            count = write_image_folder(images, labels, folders[name], per_class=train_subset_per_class)
-            logger.info("%s: %d images in %s", name, count, folders[name])
+        folders[folder] = output / folder
+        count = write_image_folder(images, labels, folders[folder])
+        logger.info("%s: %d images in %s", split, count, folders[folder])
     return folders
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", default=DEFAULT_SOURCE, help="Folder with the four idx files")
-    parser.add_argument("--output", required=True, help="Output root for train/ and test/")
-    parser.add_argument(
-        "--train-subset-per-class", type=int, default=None, help="Also write train_<n>pc/ with n images per class"
-    )
+    parser.add_argument("--output", required=True, help="Output root for train/ and val/")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    folders = prepare(args.source, args.output, train_subset_per_class=args.train_subset_per_class)
+    folders = prepare(args.source, args.output)
     for name, folder in folders.items():
         print(f"{name}: {folder}")
     return 0

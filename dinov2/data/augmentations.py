@@ -7,6 +7,8 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
+from dinov2.logging import FILE_ONLY
+
 from .transforms import GaussianBlur, make_normalize_transform
 
 logger = logging.getLogger(__name__)
@@ -64,15 +66,15 @@ class DataAugmentationDINO:
         blur_probabilities = (global_crops_1_blur_p, global_crops_2_blur_p, local_crops_blur_p)
         self.blur_probabilities = tuple(float(p) for p in blur_probabilities)
 
-        logger.info("###################################")
-        logger.info("Using data augmentation parameters:")
-        logger.info("global_crops_scale: %s", self.global_crops_scale)
-        logger.info("local_crops_scale: %s", self.local_crops_scale)
-        logger.info("local_crops_number: %s", self.local_crops_number)
-        logger.info("global_crops_size: %s", self.global_crops_size)
-        logger.info("local_crops_size: %s", self.local_crops_size)
-        logger.info("blur probabilities (global 1, global 2, local): %s", self.blur_probabilities)
-        logger.info("###################################")
+        logger.info("###################################", extra=FILE_ONLY)
+        logger.info("Using data augmentation parameters:", extra=FILE_ONLY)
+        logger.info("global_crops_scale: %s", self.global_crops_scale, extra=FILE_ONLY)
+        logger.info("local_crops_scale: %s", self.local_crops_scale, extra=FILE_ONLY)
+        logger.info("local_crops_number: %s", self.local_crops_number, extra=FILE_ONLY)
+        logger.info("global_crops_size: %s", self.global_crops_size, extra=FILE_ONLY)
+        logger.info("local_crops_size: %s", self.local_crops_size, extra=FILE_ONLY)
+        logger.info("blur probabilities (global 1, global 2, local): %s", self.blur_probabilities, extra=FILE_ONLY)
+        logger.info("###################################", extra=FILE_ONLY)
 
         bicubic = transforms.InterpolationMode.BICUBIC
         self.geometric_augmentation_global = transforms.Compose(

@@ -70,6 +70,12 @@ def get_args_parser(
     parser.add_argument("--num-workers", type=int, help="Data loader workers (the reference fixes 5)")
     parser.add_argument("--resize-size", type=int, help="Eval transform: shorter side resized to this")
     parser.add_argument("--crop-size", type=int, help="Eval transform: centre crop size (model input)")
+    parser.add_argument(
+        "--center-features",
+        action="store_true",
+        help="Subtract the training features' mean before the cosine similarity (helps raw pixels, whose shared "
+        "background dominates the cosine otherwise)",
+    )
     parser.set_defaults(
         train_dataset_str="ImageNet:split=TRAIN",
         val_dataset_str="ImageNet:split=VAL",
@@ -180,6 +186,18 @@ class ModuleDictWithForward(nn.ModuleDict):
         return {name: module(*args, **kwargs) for name, module in self.items()}
 
 
+class _Centered(nn.Module):
+    """``model(x) - mean``."""
+
+    def __init__(self, model: nn.Module, mean: torch.Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", mean)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images) - self.mean
+
+
 def create_class_indices_mapping(labels: torch.Tensor) -> dict[int, torch.Tensor]:
     """``{class: indices of its samples}`` for the few-shot subsets."""
     labels = labels.view(-1)
@@ -239,18 +257,27 @@ def eval_knn(
     gather_on_cpu: bool,
     n_per_class_list: Sequence[int] = (-1,),
     n_tries: int = 1,
+    center_features: bool = False,
 ) -> dict[tuple[str, int], dict[str, torch.Tensor]]:
     """k-NN accuracies ``{(subset, k): {"top-1", "top-5"}}`` (fractions), averaged over the few-shot tries.
 
-    ``model`` maps images to features; they are L2-normalised here. Call it under the autocast you want.
+    ``model`` maps images to features; they are L2-normalised here (after subtracting the training features' mean
+    with ``center_features``). Call it under the autocast you want.
     """
-    model = ModelWithNormalize(model)
     device = get_model_device(model)
-
     logger.info("Extracting features for train set...")
-    train_features, train_labels = extract_features(
-        model, train_dataset, batch_size, num_workers, gather_on_cpu=gather_on_cpu
-    )
+    if center_features:
+        train_features, train_labels = extract_features(
+            model, train_dataset, batch_size, num_workers, gather_on_cpu=gather_on_cpu
+        )
+        mean = train_features.mean(dim=0, keepdim=True)  # [1, D]
+        train_features = F.normalize(train_features - mean, dim=1)
+        model = ModelWithNormalize(_Centered(model, mean.to(device)))
+    else:
+        model = ModelWithNormalize(model)
+        train_features, train_labels = extract_features(
+            model, train_dataset, batch_size, num_workers, gather_on_cpu=gather_on_cpu
+        )
     logger.info("Train features created, shape %s.", tuple(train_features.shape))
 
     val_dataloader = make_inference_data_loader(
@@ -308,6 +335,7 @@ def eval_knn_with_model(
     num_workers: int = 5,
     n_per_class_list: Sequence[int] = (-1,),
     n_tries: int = 1,
+    center_features: bool = False,
 ) -> dict[str, float]:
     """Runs ``eval_knn`` on dataset strings with an already-built model; returns and appends the figures (in %).
 
@@ -335,6 +363,7 @@ def eval_knn_with_model(
             gather_on_cpu=gather_on_cpu,
             n_per_class_list=n_per_class_list,
             n_tries=n_tries,
+            center_features=center_features,
         )
 
     results_dict = {}
@@ -365,6 +394,7 @@ def main(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         n_per_class_list=args.n_per_class_list,
         n_tries=args.n_tries,
+        center_features=args.center_features,
     )
 
 

@@ -68,6 +68,14 @@ def get_args_parser(
     parser.add_argument("--resize-size", type=int, help="Eval transform: shorter side resized to this")
     parser.add_argument("--crop-size", type=int, help="Eval transform: centre crop size (model input)")
     parser.add_argument("--batch-size", type=int, help="Feature extraction batch size (per rank)")
+    parser.add_argument("--num-workers", type=int, help="Data loader workers for the feature extraction")
+    parser.add_argument(
+        "--c-power-range",
+        nargs=3,
+        type=float,
+        metavar=("START", "STOP", "COUNT"),
+        help="Sweep C = 10^p over COUNT evenly spaced p from START to STOP (the reference: -6 5 45)",
+    )
     parser.set_defaults(
         train_dataset_str="ImageNet:split=TRAIN",
         val_dataset_str="ImageNet:split=VAL",
@@ -80,6 +88,8 @@ def get_args_parser(
         resize_size=224,
         crop_size=224,
         batch_size=256,
+        num_workers=0,
+        c_power_range=[-6.0, 5.0, 45],
     )
     return parser
 
@@ -393,6 +403,8 @@ def eval_log_regression_with_model(
     max_train_iters: int = DEFAULT_MAX_ITER,
     transform=None,
     batch_size: int = 256,
+    num_workers: int = 0,
+    c_power_range: torch.Tensor = C_POWER_RANGE,
     output_dir: str = "",
 ) -> dict[str, float]:
     """Log-reg evaluation from dataset strings with a built model; also writes ``results_eval_log_regression.json``.
@@ -417,11 +429,12 @@ def eval_log_regression_with_model(
             finetune_dataset=finetune_dataset,
             metric_type=metric_type,
             batch_size=batch_size,
-            num_workers=0,
+            num_workers=num_workers,
             finetune_on_val=finetune_on_val,
             train_dtype=train_dtype,
             train_features_device=torch.device(train_features_device),
             max_train_iters=max_train_iters,
+            c_power_range=c_power_range,
         )
     logger.info(
         "Training of the supervised logistic regression on frozen features completed.\n"
@@ -447,7 +460,15 @@ def main(args: argparse.Namespace) -> int:
         train_features_device=torch.device(args.train_features_device),
         max_train_iters=args.max_train_iters,
         transform=eval_transform_from_args(args),
+        num_workers=args.num_workers,
+        c_power_range=_c_power_range(*args.c_power_range),
     )
+
+
+def _c_power_range(start: float, stop: float, count: float) -> torch.Tensor:
+    if count != int(count) or count < 1 or start > stop:
+        raise ValueError(f"--c-power-range {start} {stop} {count}: need START <= STOP and a whole COUNT >= 1")
+    return torch.linspace(start, stop, int(count))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ logger = logging.getLogger("dinov2")
 
 __all__ = [
     "RANDOM_WEIGHTS",
+    "RAW_PIXELS",
     "get_args_parser",
     "get_autocast_dtype",
     "build_model_for_eval",
@@ -25,8 +26,9 @@ __all__ = [
     "run_cli",
 ]
 
-# Value of --pretrained-weights that evaluates a randomly initialised backbone (a baseline), on purpose.
+# Values of --pretrained-weights for the two baselines: a randomly initialised backbone, and the pixels themselves.
 RANDOM_WEIGHTS = "random"
+RAW_PIXELS = "raw-pixels"
 
 
 def get_args_parser(
@@ -39,7 +41,8 @@ def get_args_parser(
     parser.add_argument(
         "--pretrained-weights",
         type=str,
-        help=f"Teacher checkpoint (path or URL) with a 'teacher' entry; '{RANDOM_WEIGHTS}' evaluates a random init",
+        help=f"Teacher checkpoint (path or URL) with a 'teacher' entry; '{RANDOM_WEIGHTS}' evaluates a random init, "
+        f"'{RAW_PIXELS}' the (normalised) pixels of the eval crop as features",
     )
     parser.add_argument("--output-dir", default="", type=str, help="Output directory to write results and logs")
     parser.add_argument("--opts", help="Extra configuration options (key=value)", default=[], nargs="+")
@@ -53,23 +56,32 @@ def get_autocast_dtype(config) -> torch.dtype:
     return dtype if dtype in (torch.float16, torch.bfloat16) else torch.float32
 
 
-def build_model_for_eval(config, pretrained_weights: str | None, device: torch.device | None = None) -> nn.Module:
+def build_model_for_eval(
+    config, pretrained_weights: str | None, device: torch.device | None = None, *, from_export: bool = False
+) -> nn.Module:
     """Teacher backbone of ``config`` with the weights of ``pretrained_weights`` (``"teacher"`` entry), in eval mode.
 
     Loading goes through ``load_pretrained_weights``, which is strict about backbone keys, so a partly random
     backbone cannot slip through (the reference loaded with ``strict=False``). Pass ``"random"`` to evaluate the
-    random initialisation deliberately.
+    random initialisation deliberately, ``"raw-pixels"`` for the pixel baseline. ``from_export`` builds the
+    architecture from the ``backbone_args`` a training export carries instead of from ``config``.
     """
     # Imported here so the metric and k-NN helpers stay usable without building the model stack.
-    from dinov2.models import build_model_from_cfg
+    from dinov2.eval.utils import RawPixels
+    from dinov2.models import build_model_from_backbone_args, build_model_from_cfg
     from dinov2.utils.utils import load_pretrained_weights
 
     if not pretrained_weights:
         raise ValueError(
             "no --pretrained-weights given; pass the teacher checkpoint (e.g. <train output>/eval/training_<it>/"
-            f"teacher_checkpoint.pth), or '{RANDOM_WEIGHTS}' for a random-init baseline"
+            f"teacher_checkpoint.pth), '{RANDOM_WEIGHTS}' for a random-init baseline or '{RAW_PIXELS}' for pixels"
         )
-    model, _ = build_model_from_cfg(config, only_teacher=True)
+    if pretrained_weights == RAW_PIXELS:
+        return RawPixels()
+    if from_export:
+        model = build_model_from_backbone_args(export_backbone_args(pretrained_weights))
+    else:
+        model, _ = build_model_from_cfg(config, only_teacher=True)
     if pretrained_weights == RANDOM_WEIGHTS:
         logger.warning("--pretrained-weights %s: evaluating a randomly initialised backbone", RANDOM_WEIGHTS)
     else:
@@ -78,6 +90,16 @@ def build_model_for_eval(config, pretrained_weights: str | None, device: torch.d
     if device is not None:
         model.to(device)
     return model
+
+
+def export_backbone_args(pretrained_weights: str) -> dict[str, Any] | None:
+    """The ``backbone_args`` a teacher export carries (None for other files and the special values)."""
+    if pretrained_weights in (RANDOM_WEIGHTS, RAW_PIXELS, "", None):
+        return None
+    from dinov2.hub.utils import load_state_dict_from_url_or_path
+
+    args = load_state_dict_from_url_or_path(pretrained_weights).get("backbone_args")
+    return args if isinstance(args, dict) else None
 
 
 def _setup(args: argparse.Namespace):
@@ -104,7 +126,9 @@ def setup_and_build_model(args: argparse.Namespace) -> tuple[nn.Module, torch.dt
     torch.backends.cudnn.benchmark = True
     config = _setup(args)
     device = distributed.get_device()
-    model = build_model_for_eval(config, args.pretrained_weights, device=device)
+    # Without --config-file, an export that describes its backbone builds that backbone (not the default ViT-L).
+    from_export = not args.config_file and export_backbone_args(args.pretrained_weights) is not None
+    model = build_model_for_eval(config, args.pretrained_weights, device=device, from_export=from_export)
     autocast_dtype = get_autocast_dtype(config)
     if device.type == "cpu" and autocast_dtype != torch.float32:
         logger.info("running on CPU: evaluating in float32 instead of %s", autocast_dtype)

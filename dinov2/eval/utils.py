@@ -18,11 +18,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from dinov2 import distributed
+from dinov2.logging import FILE_ONLY
 
 logger = logging.getLogger("dinov2")
 
 __all__ = [
     "ModelWithNormalize",
+    "RawPixels",
     "ModelWithIntermediateLayers",
     "DatasetWithIndex",
     "make_inference_data_loader",
@@ -45,6 +47,14 @@ class ModelWithNormalize(nn.Module):
 
     def forward(self, samples: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.model(samples), dim=1, p=2)  # [B, D]
+
+
+class RawPixels(nn.Module):
+    """The input itself as the feature, ``[B, C, H, W] -> [B, C*H*W]``: the baseline a pretrained backbone must
+    beat (``--pretrained-weights raw-pixels``)."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images.flatten(1)
 
 
 class ModelWithIntermediateLayers(nn.Module):
@@ -130,8 +140,9 @@ def make_inference_data_loader(
 class _Progress:
     """Logs ``header [i/n] eta`` every ``every`` steps so long extractions show they are alive."""
 
-    def __init__(self, header: str, total: int | None, every: int = 10) -> None:
+    def __init__(self, header: str, total: int | None, every: int = 10, console: bool = True) -> None:
         self.header, self.total, self.every = header, total, every
+        self.extra = None if console else FILE_ONLY
         self.start = time.perf_counter()
 
     def step(self, i: int) -> None:
@@ -141,9 +152,10 @@ class _Progress:
         elapsed = time.perf_counter() - self.start
         if self.total:
             eta = elapsed / done * (self.total - done)
-            logger.info("%s [%d/%d] elapsed %.0fs eta %.0fs", self.header, done, self.total, elapsed, eta)
+            args = (self.header, done, self.total, elapsed, eta)
+            logger.info("%s [%d/%d] elapsed %.0fs eta %.0fs", *args, extra=self.extra)
         else:
-            logger.info("%s [%d] elapsed %.0fs", self.header, done, elapsed)
+            logger.info("%s [%d] elapsed %.0fs", self.header, done, elapsed, extra=self.extra)
 
 
 def _safe_len(iterable: Iterable) -> int | None:
@@ -206,11 +218,13 @@ def extract_features(
     batch_size: int,
     num_workers: int,
     gather_on_cpu: bool = False,
+    console: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Features ``[N, D]`` and labels ``[N]`` of the whole ``dataset``, in dataset order, on every rank.
 
     Each rank embeds its share; the shares are gathered by sample index. ``gather_on_cpu`` keeps the full matrix
-    in host memory (for sets too large for the accelerator).
+    in host memory (for sets too large for the accelerator). ``console=False`` keeps the progress lines in the log
+    file (an extraction inside training).
     """
     device = get_model_device(model)
     data_loader = make_inference_data_loader(
@@ -219,7 +233,7 @@ def extract_features(
         num_workers=num_workers,
         pin_memory=device.type != "cpu",
     )
-    return extract_features_with_dataloader(model, data_loader, len(dataset), gather_on_cpu)
+    return extract_features_with_dataloader(model, data_loader, len(dataset), gather_on_cpu, console)
 
 
 @torch.inference_mode()
@@ -228,12 +242,13 @@ def extract_features_with_dataloader(
     data_loader: Iterable,
     sample_count: int,
     gather_on_cpu: bool = False,
+    console: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Like ``extract_features`` for a loader yielding ``(samples, (index, target))``."""
     device = get_model_device(model)
     gather_device = torch.device("cpu") if gather_on_cpu else device
     features, all_labels = None, None
-    progress = _Progress("Extracting features:", _safe_len(data_loader))
+    progress = _Progress("Extracting features:", _safe_len(data_loader), console=console)
     for i, (samples, (index, labels_rank)) in enumerate(data_loader):
         features_rank = model(samples.to(device, non_blocking=True)).float()  # [B, D]
         labels_rank = torch.as_tensor(labels_rank).to(device)
@@ -250,8 +265,9 @@ def extract_features_with_dataloader(
         progress.step(i)
     if features is None:
         raise RuntimeError("the data loader yielded no batch; is the dataset empty?")
-    logger.info("Features shape: %s", tuple(features.shape))
-    logger.info("Labels shape: %s", tuple(all_labels.shape))
+    extra = None if console else FILE_ONLY
+    logger.info("Features shape: %s", tuple(features.shape), extra=extra)
+    logger.info("Labels shape: %s", tuple(all_labels.shape), extra=extra)
     missing = int((all_labels.view(sample_count, -1) == -1).all(dim=1).sum())
     if missing:
         raise RuntimeError(f"{missing} of {sample_count} samples got no feature; sample_count may exceed the loader")

@@ -281,13 +281,19 @@ class Checkpointer:
         return extra
 
 
-def save_teacher_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor]) -> None:
+def save_teacher_checkpoint(
+    path: str | Path, state_dict: dict[str, torch.Tensor], backbone_args: dict[str, Any] | None = None
+) -> None:
     """Rank 0 writes ``{"teacher": state_dict}`` to ``path`` atomically (temporary file + rename), the format the
-    eval scripts load with ``checkpoint_key="teacher"``. Other ranks do nothing."""
+    eval scripts load with ``checkpoint_key="teacher"``, plus ``"backbone_args"`` (plain values) when given, so the
+    file says which model it fits. Other ranks do nothing."""
     if not distributed.is_main_process():
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"teacher": {key: value.detach().cpu() for key, value in state_dict.items()}}, tmp)
+    content: dict[str, Any] = {"teacher": {key: value.detach().cpu() for key, value in state_dict.items()}}
+    if backbone_args is not None:
+        content["backbone_args"] = dict(backbone_args)
+    torch.save(content, tmp)
     os.replace(tmp, path)

@@ -41,6 +41,20 @@ def _resolve_weights(weights: "Weights | str") -> Weights | str:
     )
 
 
+# backbone_args keys of a training export (dinov2.models.backbone_args_from_cfg) -> vision-transformer kwargs
+_EXPORT_ARG_NAMES = {"layerscale": "init_values"}
+
+
+def _export_backbone_args(weights: str) -> dict[str, object]:
+    """The ``backbone_args`` a training export carries (renamed for the ViT factories), or {} for other files."""
+    from .utils import load_state_dict_from_url_or_path
+
+    args = load_state_dict_from_url_or_path(weights).get("backbone_args")
+    if not isinstance(args, dict):
+        return {}
+    return {_EXPORT_ARG_NAMES.get(key, key): value for key, value in args.items()}
+
+
 def _make_dinov2_model(
     *,
     arch_name: str = "vit_large",
@@ -58,7 +72,9 @@ def _make_dinov2_model(
 ) -> nn.Module:
     """Builds the backbone with the released hyper-parameters (``kwargs`` override them) and, if ``pretrained``,
     loads the weights strictly: the official file for a ``Weights`` member (from torch.hub's cache when present),
-    else the given path or URL (which may also be a training checkpoint; see ``load_pretrained_weights``)."""
+    else the given path or URL (which may also be a training checkpoint; see ``load_pretrained_weights``). A
+    teacher exported by training carries ``backbone_args`` (arch, patch and image size, LayerScale, ...), which
+    replace the defaults, so the matching model is built."""
     from dinov2.models import vision_transformer as vits
     from dinov2.utils.utils import load_pretrained_weights
 
@@ -73,6 +89,12 @@ def _make_dinov2_model(
         interpolate_antialias=interpolate_antialias,
         interpolate_offset=interpolate_offset,
     )
+    if pretrained and isinstance(weights, str):
+        # A teacher exported by training says which backbone it fits; that replaces the entrypoint's defaults.
+        export_args = _export_backbone_args(weights)
+        if export_args:
+            arch_name = str(export_args.pop("arch"))
+            vit_kwargs.update(export_args)
     vit_kwargs.update(**kwargs)
     try:
         factory = getattr(vits, arch_name)

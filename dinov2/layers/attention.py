@@ -6,9 +6,12 @@ reference used it whenever it imported, which crashed on CPU tensors). Attention
 come from :meth:`Attention.get_attention_map`.
 """
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .config import xformers_available
 
@@ -17,6 +20,14 @@ __all__ = ["Attention", "MemEffAttention"]
 
 def _use_xformers(x: Tensor) -> bool:
     return x.is_cuda and xformers_available()
+
+
+def _sdpa_backend(q: Tensor) -> contextlib.AbstractContextManager:
+    """On CPU, SDPA's flash kernel in bf16/fp16 is 2-3x slower than its math path (measured for ViT sequence
+    lengths 5-50, forward + backward; ``scripts/benchmark_train.py``), so low precision uses the math path there."""
+    if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
+        return sdpa_kernel(SDPBackend.MATH)
+    return contextlib.nullcontext()
 
 
 class Attention(nn.Module):
@@ -60,9 +71,10 @@ class Attention(nn.Module):
         q, k, v = self._qkv(x)
         dropout_p = self.attn_drop if self.training else 0.0
         if self.fused_attn:
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal
-            )  # [B, H, N, d]
+            with _sdpa_backend(q):
+                out = F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal
+                )  # [B, H, N, d]
         else:
             attn = self._softmax_attention(q, k, attn_mask=attn_mask, is_causal=is_causal)  # [B, H, N, N]
             out = F.dropout(attn, p=dropout_p) @ v  # [B, H, N, d]

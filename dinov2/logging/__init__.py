@@ -6,9 +6,15 @@ from pathlib import Path
 
 from dinov2 import distributed
 
-from .helpers import MetricLogger, SmoothedValue
+from .helpers import FILE_ONLY, MetricLogger, SmoothedValue
 
-__all__ = ["MetricLogger", "SmoothedValue", "setup_logging"]
+__all__ = ["FILE_ONLY", "MetricLogger", "SmoothedValue", "setup_logging"]
+
+
+class _ConsoleFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "file_only", False)
+
 
 _FORMAT = "%(levelname).1s%(asctime)s %(process)s %(name)s %(filename)s:%(lineno)s] %(message)s"
 _DATE_FORMAT = "%Y%m%d %H:%M:%S"
@@ -64,7 +70,9 @@ def setup_logging(
         target.setLevel(level)
         target.propagate = False
         if rank == 0:
-            _add_handler(target, "console", logging.StreamHandler(sys.stdout), level)
+            console = logging.StreamHandler(sys.stdout)
+            console.addFilter(_ConsoleFilter())
+            _add_handler(target, "console", console, level)
         if path is not None:
             _add_handler(target, f"file:{path.resolve()}", logging.FileHandler(path, mode="a"), level)
     return logger

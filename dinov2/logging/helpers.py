@@ -7,7 +7,7 @@ import os
 import statistics
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +15,13 @@ import torch
 
 from dinov2 import distributed
 
-__all__ = ["MetricLogger", "SmoothedValue"]
+__all__ = ["FILE_ONLY", "MetricLogger", "SmoothedValue"]
 
 logger = logging.getLogger("dinov2")
+
+# ``logger.info(..., extra=FILE_ONLY)``: the record goes to the log files but not to the console (configs, model
+# summaries, the full meter lines), so the console stays readable.
+FILE_ONLY = {"file_only": True}
 
 
 class SmoothedValue:
@@ -152,6 +156,15 @@ class MetricLogger:
         with self.output_file.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
 
+    def write_record(self, iteration: int, **values: float) -> None:
+        """Appends ``{"iteration": iteration, **values}`` as one JSON line (main process only), for measurements
+        made outside the meters' rhythm (e.g. an evaluation at a teacher export)."""
+        if self.output_file is None or not distributed.is_main_process():
+            return
+        self.output_file.parent.mkdir(parents=True, exist_ok=True)
+        with self.output_file.open("a") as handle:
+            handle.write(json.dumps({"iteration": iteration, **values}) + "\n")
+
     def log_every(
         self,
         iterable: Iterable[Any],
@@ -159,10 +172,16 @@ class MetricLogger:
         header: str | None = None,
         n_iterations: int | None = None,
         start_iteration: int = 0,
+        *,
+        console_meters: Sequence[str] | None = None,
+        samples_per_iteration: int | None = None,
     ) -> Iterator[Any]:
         """Yields from ``iterable`` (at most ``n_iterations - start_iteration`` items; iterations are numbered from
         ``start_iteration``) and logs ``header [i/n] eta: H:MM:SS <meters> time: s data: s`` every ``print_freq``
-        iterations and at the last one. Iteration time covers the loop body, data time the wait for the item."""
+        iterations and at the last one. Iteration time covers the loop body, data time the wait for the item.
+
+        With ``console_meters`` that full line goes to the log file only, and the console gets a short one: those
+        meters, the speed (``samples_per_iteration`` per iteration time, as samples/s) and the ETA."""
         if print_freq < 1:
             raise ValueError(f"print_freq must be >= 1, got {print_freq}")
         if n_iterations is None:
@@ -186,19 +205,22 @@ class MetricLogger:
             iter_time.update(time.time() - end)
             if i % print_freq == 0 or i == n_iterations - 1:
                 self.dump_in_output_file(i, iter_time.avg, data_time.avg)
-                eta_seconds = iter_time.global_avg * (n_iterations - i - 1)
-                parts = [
-                    header,
-                    f"[{i:{width}d}/{n_iterations}]",
-                    f"eta: {datetime.timedelta(seconds=int(eta_seconds))}",
-                    str(self),
-                    f"time: {iter_time}",
-                    f"data: {data_time}",
-                ]
+                eta = datetime.timedelta(seconds=int(iter_time.global_avg * (n_iterations - i - 1)))
+                parts = [header, f"[{i:{width}d}/{n_iterations}]", f"eta: {eta}", str(self)]
+                parts += [f"time: {iter_time}", f"data: {data_time}"]
                 memory = _max_memory_mb()
                 if memory is not None:
                     parts.append(f"max mem: {memory:.0f}")
-                logger.info(self.delimiter.join(part for part in parts if part))
+                full_line = self.delimiter.join(part for part in parts if part)
+                if console_meters is None:
+                    logger.info(full_line)
+                else:
+                    logger.info(full_line, extra=FILE_ONLY)
+                    logger.info(
+                        self._console_line(
+                            header, i, n_iterations, eta, iter_time, console_meters, samples_per_iteration
+                        )
+                    )
             i += 1
             end = time.time()
             if i >= n_iterations:
@@ -211,3 +233,20 @@ class MetricLogger:
             datetime.timedelta(seconds=int(total)),
             total / max(done, 1),
         )
+
+    def _console_line(
+        self,
+        header: str,
+        i: int,
+        n_iterations: int,
+        eta: datetime.timedelta,
+        iter_time: SmoothedValue,
+        names: Sequence[str],
+        samples_per_iteration: int | None,
+    ) -> str:
+        parts = [f"{header} {i + 1}/{n_iterations}".strip()]
+        parts += [f"{name} {self.meters[name].median:.4g}" for name in names if name in self.meters]
+        if samples_per_iteration and iter_time.avg > 0:
+            parts.append(f"{samples_per_iteration / iter_time.avg:.1f} img/s")
+        parts.append(f"eta {eta}")
+        return " | ".join(parts)

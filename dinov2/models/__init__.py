@@ -8,7 +8,7 @@ from torch import nn
 
 from . import vision_transformer as vits
 
-__all__ = ["build_model", "build_model_from_cfg"]
+__all__ = ["backbone_args_from_cfg", "build_model", "build_model_from_backbone_args", "build_model_from_cfg"]
 
 logger = logging.getLogger("dinov2")
 
@@ -63,3 +63,41 @@ def build_model(
 def build_model_from_cfg(cfg: object, only_teacher: bool = False) -> tuple[nn.Module, ...]:
     """:func:`build_model` from a full training config: ``cfg.student`` at ``cfg.crops.global_crops_size``."""
     return build_model(cfg.student, only_teacher=only_teacher, img_size=cfg.crops.global_crops_size)
+
+
+# The ``student`` keys that fix a backbone's architecture (everything a teacher export needs to be rebuilt).
+_BACKBONE_ARG_KEYS = (
+    "arch",
+    "patch_size",
+    "layerscale",
+    "ffn_layer",
+    "qkv_bias",
+    "proj_bias",
+    "ffn_bias",
+    "num_register_tokens",
+    "interpolate_antialias",
+    "interpolate_offset",
+)
+
+
+def backbone_args_from_cfg(cfg: object) -> dict[str, object]:
+    """Plain ``{key: value}`` describing the backbone of a training config: the architecture keys of
+    ``cfg.student`` and ``img_size`` (the global crop size). Stored in teacher exports."""
+    args = {key: _plain(getattr(cfg.student, key)) for key in _BACKBONE_ARG_KEYS}
+    return {**args, "img_size": int(cfg.crops.global_crops_size)}
+
+
+def _plain(value: object) -> object:
+    return value if isinstance(value, bool | int | float | str) else str(value)
+
+
+def build_model_from_backbone_args(backbone_args: Mapping[str, object]) -> nn.Module:
+    """The (teacher, no stochastic depth) backbone that ``backbone_args`` (see :func:`backbone_args_from_cfg`)
+    describe, randomly initialised."""
+    unknown = sorted(set(backbone_args) - {*_BACKBONE_ARG_KEYS, "img_size"})
+    missing = sorted(set(_BACKBONE_ARG_KEYS) - set(backbone_args))
+    if unknown or missing:
+        raise ValueError(f"backbone_args: unknown keys {unknown}, missing keys {missing}")
+    args = {key: backbone_args[key] for key in _BACKBONE_ARG_KEYS}
+    model, _ = build_model({**args, "block_chunks": 0}, only_teacher=True, img_size=int(backbone_args["img_size"]))
+    return model

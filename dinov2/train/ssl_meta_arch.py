@@ -30,6 +30,7 @@ from dinov2.loss import DINOLoss, KoLeoLoss, iBOTPatchLoss
 from dinov2.models import build_model, build_model_from_cfg
 from dinov2.models.checkpoint_filter import checkpoint_filter_fn, strip_prefixes
 from dinov2.models.vision_transformer import BlockChunk
+from dinov2.train.collapse_monitor import teacher_statistics
 from dinov2.utils.dtype import as_torch_dtype
 from dinov2.utils.param_groups import fuse_params_groups, get_params_groups_with_decay
 from dinov2.utils.utils import has_batchnorms, load_pretrained_weights
@@ -90,6 +91,8 @@ class SSLMetaArch(nn.Module):
         if self.do_koleo and not self.do_dino:
             raise ValueError("dino.koleo_loss_weight > 0 needs the DINO loss (dino.loss_weight > 0)")
         self.n_local_crops = int(cfg.crops.local_crops_number)
+        # Collapse statistics of the latest teacher pass (see dinov2.train.collapse_monitor); empty without DINO.
+        self.teacher_stats: dict[str, Tensor] = {}
 
         student_backbone, teacher_backbone, embed_dim = build_model_from_cfg(cfg)
         self.embed_dim = embed_dim
@@ -231,6 +234,10 @@ class SSLMetaArch(nn.Module):
             return set()
         return {BlockChunk} if getattr(module, "chunked_blocks", False) else {type(blocks[0])}
 
+    def teacher_autocast(self) -> contextlib.AbstractContextManager:
+        """The precision context the teacher trains in (for evaluating it during training)."""
+        return self._autocast(self._teacher_autocast_dtype)
+
     def _autocast(self, dtype: torch.dtype) -> contextlib.AbstractContextManager:
         """Autocast for a single process; under FSDP the MixedPrecisionPolicy casts instead."""
         if distributed.is_enabled():
@@ -287,6 +294,9 @@ class SSLMetaArch(nn.Module):
                 cls_logits = self.teacher.dino_head(cls) if self.do_dino else None  # [2B, K]
                 patch_logits = self.teacher.ibot_head(patches) if self.do_ibot else None  # [M, K]
         dino_targets = self._dino_targets(cls_logits, teacher_temp) if cls_logits is not None else None
+        if dino_targets is not None:
+            center = self.dino_loss.center if self.centering == "centering" else None
+            self.teacher_stats = teacher_statistics(cls, cls_logits, dino_targets.flatten(0, 1), center)
         ibot_targets = self._ibot_targets(patch_logits, teacher_temp, batch) if patch_logits is not None else None
         return _TeacherTargets(dino=dino_targets, ibot=ibot_targets)
 

@@ -25,6 +25,7 @@ import random
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -44,10 +45,14 @@ from dinov2.data import DataAugmentationDINO, MaskingGenerator, collate_data_and
 from dinov2.data.samplers import ShardedInfiniteSampler
 from dinov2.fsdp import full_state_dict
 from dinov2.fsdp.checkpointer import Checkpointer, restore_rng_state, save_teacher_checkpoint
-from dinov2.logging import MetricLogger
+from dinov2.logging import FILE_ONLY, MetricLogger
+from dinov2.models import backbone_args_from_cfg
 from dinov2.models.checkpoint_filter import to_flat_block_keys
+from dinov2.train.collapse_monitor import CollapseMonitor, uniform_loss_values
+from dinov2.train.online_knn import OnlineKnn
+from dinov2.train.recipe import SCHEDULE_KEYS, apply_recipe, flat_keys
 from dinov2.train.ssl_meta_arch import SSLMetaArch
-from dinov2.utils.config import setup
+from dinov2.utils.config import get_explicit_cfg, setup, write_config
 from dinov2.utils.dtype import as_torch_dtype
 from dinov2.utils.utils import CosineScheduler
 
@@ -69,6 +74,8 @@ __all__ = [
 logger = logging.getLogger("dinov2")
 
 _PRINT_FREQ = 10
+# What the console's progress line shows (every meter goes to the log file and training_metrics.json).
+_CONSOLE_METERS = ("total_loss", "dino_global_crops_loss", "ibot_loss", "koleo_loss", "teacher_entropy")
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
@@ -188,7 +195,8 @@ def _seeded(seed: int, position: int) -> Iterator[None]:
     mixed = (seed * 1_000_003 + position) % (2**63)
     try:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(mixed)
+            # Only the CPU generator: torch.manual_seed also visits every accelerator (~1.5 ms per sample here).
+            torch.default_generator.manual_seed(mixed)
             random.seed(mixed)
             np.random.seed(mixed % (2**32))
             yield
@@ -284,7 +292,7 @@ def do_test(cfg: DictConfig, model: SSLMetaArch, iteration: str) -> Path:
     heads = {key: value for key, value in state.items() if not key.startswith("backbone.")}
     flat = {f"backbone.{key}": value for key, value in to_flat_block_keys(backbone).items()}
     path = Path(cfg.train.output_dir) / "eval" / iteration / "teacher_checkpoint.pth"
-    save_teacher_checkpoint(path, {**flat, **heads})
+    save_teacher_checkpoint(path, {**flat, **heads}, backbone_args=backbone_args_from_cfg(cfg))
     if distributed.is_main_process():
         logger.info("exported the teacher to %s", path)
     return path
@@ -348,18 +356,29 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
-def _reduce_losses(loss_dict: dict[str, torch.Tensor], stop: bool) -> tuple[dict[str, float], list[int], bool]:
-    """Rank-averaged loss terms, the ranks whose local loss was not finite, and whether any rank must stop; one
-    collective for all three."""
+def _reduce_losses(
+    loss_dict: dict[str, torch.Tensor], stop: bool, stats: dict[str, torch.Tensor] | None = None
+) -> tuple[dict[str, float], list[int], bool, dict[str, float]]:
+    """Rank-averaged loss terms, the ranks whose local loss was not finite, whether any rank must stop, and the
+    rank-averaged monitor statistics; one collective for all four."""
+    stats = stats or {}
     world = distributed.get_global_size()
-    local = torch.stack([value.float() for value in loss_dict.values()]).to(distributed.get_collective_device())
-    flags = torch.zeros(world + 1, device=local.device)  # [W non-finite flags, stop]
-    flags[distributed.get_global_rank()] = float(not bool(torch.isfinite(local).all()))
+    losses = torch.stack([value.float() for value in loss_dict.values()])  # [L]
+    values = torch.stack([*losses, *(value.float() for value in stats.values())])  # [L + S]
+    values = values.to(distributed.get_collective_device())
+    flags = torch.zeros(world + 1, device=values.device)  # [W non-finite flags, stop]
+    flags[distributed.get_global_rank()] = float(not bool(torch.isfinite(losses).all()))
     flags[world] = float(stop)
-    packed = distributed.all_reduce(torch.cat((local, flags)))
-    values = (packed[: len(loss_dict)] / world).tolist()
-    bad_ranks = [rank for rank in range(world) if packed[len(loss_dict) + rank] > 0]
-    return dict(zip(loss_dict, values)), bad_ranks, bool(packed[-1] > 0)
+    packed = distributed.all_reduce(torch.cat((values, flags)))
+    means = (packed[: len(values)] / world).tolist()
+    bad_ranks = [rank for rank in range(world) if packed[len(values) + rank] > 0]
+    n_losses = len(loss_dict)
+    return (
+        dict(zip(loss_dict, means[:n_losses])),
+        bad_ranks,
+        bool(packed[-1] > 0),
+        dict(zip(stats, means[n_losses:])),
+    )
 
 
 def _write_nan_diagnostics(cfg: DictConfig, iteration: int, record: dict[str, Any]) -> Path:
@@ -393,6 +412,7 @@ class StepResult:
     bad_ranks: list[int]  # ranks whose loss was not finite (the step was then not applied)
     stop: bool  # some rank received a stop signal
     grad_norms: dict[str, float]
+    stats: dict[str, float]  # rank-averaged collapse statistics of the teacher (see collapse_monitor)
 
 
 def train_step(
@@ -409,12 +429,13 @@ def train_step(
     apply_optim_scheduler(optimizer, scheduled["lr"], scheduled["wd"], scheduled["last_layer_lr"])
     optimizer.zero_grad(set_to_none=True)
     loss_dict = model.forward_backward(data, teacher_temp=scheduled["teacher_temp"])
-    losses, bad_ranks, stop = _reduce_losses(loss_dict, stop_request is not None and stop_request.signum != 0)
+    stop_requested = stop_request is not None and stop_request.signum != 0
+    losses, bad_ranks, stop, stats = _reduce_losses(loss_dict, stop_requested, model.teacher_stats)
     grad_norms = {}
     if not bad_ranks:
         grad_norms = _optimizer_step(cfg, model, optimizer)
         model.update_teacher(scheduled["mom"])
-    return StepResult(losses=losses, bad_ranks=bad_ranks, stop=stop, grad_norms=grad_norms)
+    return StepResult(losses=losses, bad_ranks=bad_ranks, stop=stop, grad_norms=grad_norms, stats=stats)
 
 
 def _check_finite(
@@ -455,16 +476,36 @@ def _periodic_outputs(
     iteration: int,
     samples_seen: int,
     stop: bool,
+    online_knn: OnlineKnn | None = None,
+    metric_logger: MetricLogger | None = None,
 ) -> None:
-    """Teacher export every ``evaluation.eval_period_iterations``; checkpoint every ``train.saveckp_freq``
-    iterations, at the last iteration and when a stop was requested."""
+    """Teacher export (and online k-NN) every ``evaluation.eval_period_iterations``; checkpoint every
+    ``train.saveckp_freq`` iterations, at the last iteration and when a stop was requested."""
     max_iter = cfg.optim.epochs * cfg.train.OFFICIAL_EPOCH_LENGTH
     eval_period = cfg.evaluation.eval_period_iterations
     if eval_period > 0 and (iteration + 1) % eval_period == 0:
         do_test(cfg, model, f"training_{iteration}")
+        if online_knn is not None:
+            top1 = online_knn(model.teacher.backbone, model.teacher_autocast())
+            logger.info("online k-NN top-1 of the teacher at iteration %d: %.2f %%", iteration, top1)
+            if metric_logger is not None:
+                metric_logger.write_record(iteration, online_knn_top1=top1)
     save_period = cfg.train.saveckp_freq
     if stop or iteration == max_iter - 1 or (save_period > 0 and (iteration + 1) % save_period == 0):
         _save_checkpoint(model, optimizer, checkpointer, iteration, samples_seen)
+
+
+def _monitor_start(cfg: DictConfig, max_iter: int) -> int:
+    """The collapse monitor looks after the lr and teacher-temperature warm-ups (targets are meant to be soft
+    before), and at most after a quarter of the run."""
+    epoch_len = cfg.train.OFFICIAL_EPOCH_LENGTH
+    warmup = max(cfg.optim.warmup_epochs, cfg.teacher.warmup_teacher_temp_epochs) * epoch_len
+    return min(warmup, max_iter // 4)
+
+
+def _monitor_patience(max_iter: int) -> int:
+    """Consecutive collapsed iterations before the warning: 5 % of the run, between 20 and 500."""
+    return int(min(500, max(20, max_iter // 20)))
 
 
 def do_train(cfg: DictConfig, model: SSLMetaArch, resume: bool = False) -> dict[str, Any]:
@@ -482,25 +523,43 @@ def do_train(cfg: DictConfig, model: SSLMetaArch, resume: bool = False) -> dict[
     if extra is not None:
         restore_rng_state(extra["rng"])  # creating the iterator drew a seed: rewind to the checkpoint's RNG state
     metric_logger = MetricLogger(delimiter="  ", output_file=Path(cfg.train.output_dir) / "training_metrics.json")
+    monitor = CollapseMonitor(
+        uniform_loss_values(cfg), start_iteration=_monitor_start(cfg, max_iter), patience=_monitor_patience(max_iter)
+    )
+    online_knn = OnlineKnn.from_cfg(cfg)
     iteration, nan_streak, stopped = start_iter, 0, False
     logger.info("Starting training from iteration %d of %d", start_iter, max_iter)
     with _StopRequest() as stop_request:
-        for data in metric_logger.log_every(data_iter, _PRINT_FREQ, "Training", max_iter, start_iter):
+        progress = metric_logger.log_every(
+            data_iter,
+            _PRINT_FREQ,
+            "Training",
+            max_iter,
+            start_iter,
+            console_meters=_CONSOLE_METERS,
+            samples_per_iteration=global_batch,
+        )
+        for data in progress:
             scheduled = scheduled_values(schedulers, iteration)
             result = train_step(cfg, model, optimizer, data, scheduled, stop_request)
             nan_streak = _check_finite(cfg, model, iteration, result, scheduled, nan_streak)
             if not result.bad_ranks:
                 batch_size = data["collated_global_crops"].shape[0] / 2
                 total_loss = sum(result.losses.values())
+                ratios = monitor.update(iteration, {**result.losses, **result.stats})
                 metric_logger.update(
                     **scheduled,
                     current_batch_size=batch_size,
                     total_loss=total_loss,
                     **result.losses,
                     **result.grad_norms,
+                    **result.stats,
+                    **ratios,
                 )
             samples_seen += global_batch
-            _periodic_outputs(cfg, model, optimizer, checkpointer, iteration, samples_seen, result.stop)
+            _periodic_outputs(
+                cfg, model, optimizer, checkpointer, iteration, samples_seen, result.stop, online_knn, metric_logger
+            )
             if result.stop:
                 logger.info("stop signal received: checkpoint of iteration %d saved, exiting", iteration)
                 stopped = True
@@ -511,13 +570,83 @@ def do_train(cfg: DictConfig, model: SSLMetaArch, resume: bool = False) -> dict[
     return {**averages, "iteration": min(iteration, max_iter - 1), "stopped": stopped}
 
 
+# -- recipe scaled to the data -------------------------------------------------------------------------------------
+
+_CALIBRATION_STEPS = (2, 6)  # untimed, timed
+_BUDGET_OVERHEAD = 0.9  # share of the budget left to training steps (exports, online k-NN, checkpoints take the rest)
+
+
+def _measure_seconds_per_iteration(cfg: DictConfig) -> float:
+    """Seconds per training iteration (data included) of a throwaway copy of the run, slowest rank. The RNG
+    states are restored afterwards, so the run itself is unchanged."""
+    with torch.random.fork_rng(devices=[]):
+        model = SSLMetaArch(cfg)
+        model.prepare_for_distributed_training()
+        model.train()
+        optimizer = build_optimizer(cfg, model.get_params_groups())
+        scheduled = scheduled_values(build_schedulers(cfg), 0)
+        data = iter(build_data_loader(cfg))
+        untimed, timed = _CALIBRATION_STEPS
+        for _ in range(untimed):
+            train_step(cfg, model, optimizer, next(data), scheduled)
+        start = time.perf_counter()
+        for _ in range(timed):
+            train_step(cfg, model, optimizer, next(data), scheduled)
+        seconds = torch.tensor((time.perf_counter() - start) / timed, device=distributed.get_collective_device())
+    return float(distributed.all_reduce(seconds, op=torch.distributed.ReduceOp.MAX))
+
+
+def _budget_iterations(cfg: DictConfig) -> int:
+    """Iterations that fit ``recipe.budget_minutes``, from calibration steps; recorded in
+    ``<output_dir>/recipe.json`` and reused while the budget is unchanged (a resumed run keeps its schedule)."""
+    path = Path(cfg.train.output_dir) / "recipe.json"
+    budget = float(cfg.recipe.budget_minutes)
+    if path.is_file():
+        record = json.loads(path.read_text())
+        if record.get("budget_minutes") == budget:
+            return int(record["iterations"])
+    seconds = _measure_seconds_per_iteration(cfg)
+    iterations = max(10, int(budget * 60 * _BUDGET_OVERHEAD / seconds))
+    logger.info("recipe.budget_minutes=%g: %.3f s per iteration -> %d iterations", budget, seconds, iterations)
+    if distributed.is_main_process():
+        record = {"budget_minutes": budget, "seconds_per_iteration": seconds, "iterations": iterations}
+        path.write_text(json.dumps(record, indent=2) + "\n")
+    return iterations
+
+
+def _apply_recipe(cfg: DictConfig, args: argparse.Namespace) -> None:
+    """``recipe.auto``: derives the keys the user did not set (see ``dinov2.train.recipe``). With
+    ``recipe.budget_minutes`` > 0 the training length comes from the budget (calibrated with the derived keys in
+    place): it replaces the config file's epoch length, but a length given on the command line is a conflict.
+    Rewrites ``config.yaml`` with the values used."""
+    user_keys = flat_keys(get_explicit_cfg(args))
+    cli_keys = flat_keys(get_explicit_cfg(argparse.Namespace(config_file="", opts=args.opts)))
+    global_batch = cfg.train.batch_size_per_gpu * distributed.get_global_size()
+    if cfg.recipe.auto:
+        apply_recipe(cfg, user_keys, global_batch=global_batch)
+    if cfg.recipe.budget_minutes > 0:
+        if "train.OFFICIAL_EPOCH_LENGTH" in cli_keys:
+            raise ValueError(
+                "recipe.budget_minutes sets train.OFFICIAL_EPOCH_LENGTH from the time budget: drop one of the two "
+                "overrides"
+            )
+        iterations = _budget_iterations(cfg)
+        protected = (user_keys - set(SCHEDULE_KEYS)) | (cli_keys & set(SCHEDULE_KEYS))
+        schedule_only = not cfg.recipe.auto
+        apply_recipe(cfg, protected, global_batch=global_batch, iterations=iterations, schedule_only=schedule_only)
+    if distributed.is_main_process():
+        write_config(cfg, cfg.train.output_dir)
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Trains (or, with ``--eval-only``, exports the teacher of the newest checkpoint) as ``args`` say."""
     cfg = setup(args)
+    if cfg.recipe.auto or cfg.recipe.budget_minutes > 0:
+        _apply_recipe(cfg, args)
     torch.backends.cuda.matmul.allow_tf32 = True
     model = SSLMetaArch(cfg)
     model.prepare_for_distributed_training()
-    logger.info("Model:\n%s", model)
+    logger.info("Model:\n%s", model, extra=FILE_ONLY)
     if args.eval_only:
         checkpointer = Checkpointer(cfg.train.output_dir)
         latest = checkpointer.latest()

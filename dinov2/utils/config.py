@@ -10,12 +10,19 @@ from omegaconf import DictConfig, OmegaConf
 
 from dinov2 import distributed
 from dinov2.configs import _CONFIGS_DIR, available_configs, dinov2_default_config, merge_strict
-from dinov2.logging import setup_logging
+from dinov2.logging import FILE_ONLY, setup_logging
 from dinov2.utils.utils import fix_random_seeds, get_sha
 
 logger = logging.getLogger("dinov2")
 
-__all__ = ["apply_scaling_rules_to_cfg", "write_config", "get_cfg_from_args", "default_setup", "setup"]
+__all__ = [
+    "apply_scaling_rules_to_cfg",
+    "write_config",
+    "get_cfg_from_args",
+    "get_explicit_cfg",
+    "default_setup",
+    "setup",
+]
 
 _SCALING_RULES = ("sqrt_wrt_1024",)
 
@@ -38,7 +45,7 @@ def apply_scaling_rules_to_cfg(cfg: DictConfig) -> DictConfig:
 
 def write_config(cfg: DictConfig, output_dir: str | os.PathLike, name: str = "config.yaml") -> str:
     """Logs ``cfg`` and writes it as YAML to ``<output_dir>/<name>`` (atomically); returns the path."""
-    logger.info(OmegaConf.to_yaml(cfg))
+    logger.info("config:\n%s", OmegaConf.to_yaml(cfg), extra=FILE_ONLY)
     path = Path(output_dir) / name
     tmp = path.with_name(f".{path.name}.tmp")
     OmegaConf.save(config=cfg, f=tmp)
@@ -88,6 +95,14 @@ def get_cfg_from_args(args: argparse.Namespace) -> DictConfig:
     return cfg
 
 
+def get_explicit_cfg(args: argparse.Namespace) -> DictConfig:
+    """Only what the config file and the command-line overrides set (no defaults): the keys a user chose."""
+    config_file = getattr(args, "config_file", "") or ""
+    explicit = OmegaConf.load(_resolve_config_file(config_file)) if config_file else OmegaConf.create()
+    opts = list(getattr(args, "opts", None) or [])
+    return OmegaConf.merge(explicit, _parse_opts(opts)) if opts else explicit
+
+
 def default_setup(args: argparse.Namespace, seed: int = 0) -> None:
     """Joins the process group when launched by torchrun / SLURM (one process needs none), sets up logging into
     ``args.output_dir``, seeds every RNG with ``seed + rank`` and logs the git state and the arguments."""
@@ -95,7 +110,7 @@ def default_setup(args: argparse.Namespace, seed: int = 0) -> None:
     setup_logging(output=args.output_dir, level=logging.INFO)
     fix_random_seeds(seed + distributed.get_global_rank())
     logger.info("git:\n  %s\n", get_sha())
-    logger.info("\n".join(f"{key}: {value}" for key, value in sorted(vars(args).items())))
+    logger.info("\n".join(f"{key}: {value}" for key, value in sorted(vars(args).items())), extra=FILE_ONLY)
 
 
 def setup(args: argparse.Namespace) -> DictConfig:

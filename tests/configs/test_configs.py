@@ -87,6 +87,14 @@ NEW_KEYS = {
     "crops.global_crops_1_blur_p": 0.0,
     "crops.global_crops_2_blur_p": 0.9,
     "crops.local_crops_blur_p": 0.5,
+    "recipe.auto": False,
+    "recipe.budget_minutes": 0.0,
+    "evaluation.online_knn.train_dataset": "",
+    "evaluation.online_knn.val_dataset": "",
+    "evaluation.online_knn.max_train_samples": 10000,
+    "evaluation.online_knn.max_val_samples": 2000,
+    "evaluation.online_knn.k": 20,
+    "evaluation.online_knn.temperature": 0.07,
 }
 
 

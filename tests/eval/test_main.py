@@ -50,3 +50,52 @@ def test_main_writes_results_for_a_teacher_on_an_image_folder(module, image_fold
         assert set(json.loads(lines[0])) == {"top-1", "top-5", "best_C"}
     else:
         assert lines[0] == "iter: 2" and json.loads(lines[1])["best_classifier"]["name"].startswith("classifier_")
+
+
+def _knn_top1(path) -> float:
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    return next(r["('full', 3) Top 1"] for r in records if "('full', 3) Top 1" in r)
+
+
+@pytest.mark.slow
+def test_raw_pixel_baseline_through_both_clis(image_folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(dinov2.logging, "setup_logging", lambda **kwargs: None)
+    common = [
+        "--pretrained-weights", "raw-pixels", "--train-dataset", image_folder, "--val-dataset", image_folder,
+        "--resize-size", "20", "--crop-size", "20", "--batch-size", "4",
+    ]  # fmt: skip
+    for center in ([], ["--center-features"]):
+        out = tmp_path / f"knn{len(center)}"
+        argv = [*common, "--output-dir", str(out), "--nb_knn", "3", "--num-workers", "0", *center]
+        assert knn.main(knn.get_args_parser().parse_args(argv)) == 0
+        assert _knn_top1(out / "results_eval_knn.json") == pytest.approx(100.0)  # dark vs bright pixels
+    flags = ["--c-power-range", "-1", "1", "3", "--max-train-iters", "20", "--num-workers", "1"]
+    argv = [*common, "--output-dir", str(tmp_path / "logreg"), *flags]
+    assert log_regression.main(log_regression.get_args_parser().parse_args(argv)) == 0
+    result = json.loads((tmp_path / "logreg" / "results_eval_log_regression.json").read_text().splitlines()[0])
+    assert result["top-1"] == pytest.approx(100.0)
+    assert min(abs(result["best_C"] - c) for c in (0.1, 1.0, 10.0)) < 1e-6  # one of the 3 swept values
+
+
+def test_centering_subtracts_the_training_mean():
+    import torch
+
+    # Two classes that differ by a small offset on top of a large shared component: cosine similarity sees the
+    # shared component only, unless the mean is subtracted.
+    base = torch.tensor([100.0, 0.0])
+    train = torch.stack([base + torch.tensor([0.0, d]) for d in (1.0, 1.1, -1.0, -1.1)])
+    labels = torch.tensor([0, 0, 1, 1])
+    dataset = torch.utils.data.TensorDataset(train, labels)
+    kwargs = dict(
+        accuracy_averaging=knn.AccuracyAveraging.MEAN_ACCURACY, nb_knn=[1], temperature=0.07, batch_size=4,
+        num_workers=0, gather_on_cpu=False,
+    )  # fmt: skip
+    model = torch.nn.Identity()
+    centered = knn.eval_knn(model, dataset, dataset, center_features=True, **kwargs)
+    assert float(centered[("full", 1)]["top-1"]) == pytest.approx(1.0)
+
+
+def test_log_regression_rejects_a_bad_c_range():
+    with pytest.raises(ValueError, match="COUNT"):
+        log_regression._c_power_range(1.0, 0.0, 3)
+    assert log_regression._c_power_range(-1, 1, 3).tolist() == [-1.0, 0.0, 1.0]

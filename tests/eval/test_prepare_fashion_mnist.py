@@ -61,32 +61,22 @@ def test_read_idx_rejects_bad_files(fm, tmp_path):
 def test_prepare_writes_class_folders_with_exact_pixels(fm, tmp_path):
     source, data = _fake_source(tmp_path, gz=True)
     out = tmp_path / "out"
-    folders = fm.prepare(source, out, train_subset_per_class=2)
-    assert set(folders) == {"train", "test", "train_2pc"}
+    folders = fm.prepare(source, out)
+    assert folders == {"train": out / "train", "val": out / "val"}
 
     train_files = sorted((out / "train").rglob("*.png"))
     assert len(train_files) == 12
     # Label of sample 4 is 4 % 3 = 1 -> class folder 1_trouser.
     png = out / "train" / "1_trouser" / "00004.png"
     np.testing.assert_array_equal(np.array(Image.open(png)), data["train"][0][4])
-    assert (out / "test" / "9_ankle_boot" / "00003.png").is_file()
-    assert len(list((out / "test").rglob("*.png"))) == 5
-
-    subset = sorted(p.relative_to(out / "train_2pc").as_posix() for p in (out / "train_2pc").rglob("*.png"))
-    assert subset == [
-        "0_tshirt_top/00000.png",
-        "0_tshirt_top/00003.png",
-        "1_trouser/00001.png",
-        "1_trouser/00004.png",
-        "2_pullover/00002.png",
-        "2_pullover/00005.png",
-    ]
+    assert (out / "val" / "9_ankle_boot" / "00003.png").is_file()  # the official test split
+    assert len(list((out / "val").rglob("*.png"))) == 5
     # Class folders sort in label order, so ImageFolder indices equal the official labels.
     assert sorted(fm.CLASS_NAMES) == list(fm.CLASS_NAMES)
 
     # A second run finds the trees complete and does not rewrite them.
     png.unlink()
-    fm.prepare(source, out, train_subset_per_class=2)
+    fm.prepare(source, out)
     assert not png.exists()
 
 

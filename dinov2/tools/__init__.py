@@ -1,0 +1,1 @@
+"""Command-line tools around trained backbones (pictures of features and training curves)."""
