@@ -2,7 +2,8 @@
 AdamW + EMA), on synthetic collated batches (no data loading).
 
 Cases: ``vits14`` = ViT-S/14 with the reference crops (2 x 224 + 8 x 98), the ``train/vits14_1gpu`` preset (16384
-prototypes); ``tiny`` = the ``train/vit_tiny_cpu`` preset (ViT-Ti/16, 2 x 64 + 2 x 32). FLOPs are counted
+prototypes); ``tiny`` = the ``train/vit_tiny_cpu`` preset (ViT-Ti/16, 2 x 64 + 2 x 32); ``small`` = the main job's
+``train/small_data`` run on Fashion-MNIST (ViT-Ti/7, 2 x 28 + 4 x 14, 4096 prototypes, as its recipe resolves). FLOPs are counted
 analytically (matmuls and convolutions, 2 FLOPs per multiply-add; backward = 2 x forward; the teacher runs forward
 only) and compared with the measured peak of a large matmul in the same precision on the same device. Usage::
 
@@ -28,7 +29,18 @@ from dinov2.train import SSLMetaArch  # noqa: E402
 from dinov2.train.train import build_optimizer, build_schedulers, scheduled_values, train_step  # noqa: E402
 from dinov2.utils.config import apply_scaling_rules_to_cfg, get_cfg_from_args  # noqa: E402
 
-CASES = {"vits14": "train/vits14_1gpu", "tiny": "train/vit_tiny_cpu"}
+CASES = {"vits14": "train/vits14_1gpu", "tiny": "train/vit_tiny_cpu", "small": "train/small_data"}
+# What the recipe of train/small_data derives for Fashion-MNIST (60,000 images of 28 px); see runs/*/config.yaml.
+CASE_OPTS = {
+    "small": [
+        "student.patch_size=7",
+        "crops.global_crops_size=28",
+        "crops.local_crops_size=14",
+        "dino.head_n_prototypes=4096",
+        "ibot.head_n_prototypes=4096",
+        "student.layerscale=0.1",
+    ]
+}
 PARTS = ("backbone", "dino_head", "ibot_head")
 
 
@@ -44,7 +56,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def _config(case: str, batch_size: int, precision: str, output_dir: str):
-    opts = [f"train.batch_size_per_gpu={batch_size}", "student.drop_path_rate=0.0"]
+    opts = [f"train.batch_size_per_gpu={batch_size}", "student.drop_path_rate=0.0", *CASE_OPTS.get(case, [])]
     opts += [
         f"compute_precision.{m}.{p}.mixed_precision.param_dtype={precision}"
         for m in ("student", "teacher")

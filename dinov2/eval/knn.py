@@ -67,7 +67,9 @@ def get_args_parser(
     )
     parser.add_argument("--n-tries", type=int, help="Random draws of the few-shot training subsets")
     # Added (not in the reference): loader workers and the eval transform sizes, for small images and small CPUs.
-    parser.add_argument("--num-workers", type=int, help="Data loader workers (the reference fixes 5)")
+    parser.add_argument(
+        "--num-workers", type=int, help="Data loader workers (default: 5 as in the reference, at most the CPU count)"
+    )
     parser.add_argument("--resize-size", type=int, help="Eval transform: shorter side resized to this")
     parser.add_argument("--crop-size", type=int, help="Eval transform: centre crop size (model input)")
     parser.add_argument(
@@ -84,7 +86,7 @@ def get_args_parser(
         batch_size=256,
         n_per_class_list=[-1],
         n_tries=1,
-        num_workers=5,
+        num_workers=min(5, os.cpu_count() or 1),
         resize_size=256,
         crop_size=224,
     )

@@ -52,7 +52,10 @@ def _export_backbone_args(weights: str) -> dict[str, object]:
     args = load_state_dict_from_url_or_path(weights).get("backbone_args")
     if not isinstance(args, dict):
         return {}
-    return {_EXPORT_ARG_NAMES.get(key, key): value for key, value in args.items()}
+    renamed = {_EXPORT_ARG_NAMES.get(key, key): value for key, value in args.items()}
+    if not renamed.get("depth"):  # 0 (or absent): the depth of the arch
+        renamed.pop("depth", None)
+    return renamed
 
 
 def _make_dinov2_model(

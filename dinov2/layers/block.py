@@ -52,11 +52,9 @@ def get_branges_scales(x: Tensor, sample_drop_ratio: float = 0.0) -> tuple[Tenso
 
 
 def add_residual(x: Tensor, brange: Tensor, residual: Tensor, residual_scale_factor: float) -> Tensor:
-    """Out-of-place ``x[brange] += residual * residual_scale_factor`` (autograd-friendly)."""
-    x_flat = x.flatten(1)  # [B, N*D]
-    residual_flat = residual.to(dtype=x.dtype).flatten(1)  # [subset, N*D]
-    out = torch.index_add(x_flat, 0, brange, residual_flat, alpha=residual_scale_factor)  # [B, N*D]
-    return out.view_as(x)
+    """Out-of-place ``x[brange] += residual * residual_scale_factor`` (autograd-friendly). Returns a fresh tensor,
+    not a view: an FSDP2 unit must not return a view (an in-place op on it would skip FSDP's backward hook)."""
+    return torch.index_add(x, 0, brange, residual.to(dtype=x.dtype), alpha=residual_scale_factor)  # [B, N, D]
 
 
 def _add_scaled_residual(

@@ -49,6 +49,11 @@ def build_model(
         interpolate_offset=args.interpolate_offset,
         interpolate_antialias=args.interpolate_antialias,
     )
+    depth = int(getattr(args, "depth", 0) or 0)
+    if depth < 0:
+        raise ValueError(f"student.depth={depth} must be >= 0 (0: the depth of student.arch)")
+    if depth:
+        vit_kwargs["depth"] = depth
     teacher = _ARCHS[arch](**vit_kwargs)
     if only_teacher:
         return teacher, teacher.embed_dim
@@ -68,6 +73,7 @@ def build_model_from_cfg(cfg: object, only_teacher: bool = False) -> tuple[nn.Mo
 # The ``student`` keys that fix a backbone's architecture (everything a teacher export needs to be rebuilt).
 _BACKBONE_ARG_KEYS = (
     "arch",
+    "depth",
     "patch_size",
     "layerscale",
     "ffn_layer",
@@ -78,6 +84,10 @@ _BACKBONE_ARG_KEYS = (
     "interpolate_antialias",
     "interpolate_offset",
 )
+
+
+# Keys older exports may lack.
+_OPTIONAL_ARG_KEYS = ("depth",)
 
 
 def backbone_args_from_cfg(cfg: object) -> dict[str, object]:
@@ -95,9 +105,9 @@ def build_model_from_backbone_args(backbone_args: Mapping[str, object]) -> nn.Mo
     """The (teacher, no stochastic depth) backbone that ``backbone_args`` (see :func:`backbone_args_from_cfg`)
     describe, randomly initialised."""
     unknown = sorted(set(backbone_args) - {*_BACKBONE_ARG_KEYS, "img_size"})
-    missing = sorted(set(_BACKBONE_ARG_KEYS) - set(backbone_args))
+    missing = sorted(set(_BACKBONE_ARG_KEYS) - set(backbone_args) - set(_OPTIONAL_ARG_KEYS))
     if unknown or missing:
         raise ValueError(f"backbone_args: unknown keys {unknown}, missing keys {missing}")
-    args = {key: backbone_args[key] for key in _BACKBONE_ARG_KEYS}
+    args = {key: backbone_args[key] for key in _BACKBONE_ARG_KEYS if key in backbone_args}
     model, _ = build_model({**args, "block_chunks": 0}, only_teacher=True, img_size=int(backbone_args["img_size"]))
     return model
