@@ -3,9 +3,10 @@ AdamW + EMA), on synthetic collated batches (no data loading).
 
 Cases: ``vits14`` = ViT-S/14 with the reference crops (2 x 224 + 8 x 98), the ``train/vits14_1gpu`` preset (16384
 prototypes); ``tiny`` = the ``train/vit_tiny_cpu`` preset (ViT-Ti/16, 2 x 64 + 2 x 32); ``small`` = the main job's
-``train/small_data`` run on Fashion-MNIST (ViT-Ti/7, 2 x 28 + 4 x 14, 4096 prototypes, as its recipe resolves). FLOPs are counted
-analytically (matmuls and convolutions, 2 FLOPs per multiply-add; backward = 2 x forward; the teacher runs forward
-only) and compared with the measured peak of a large matmul in the same precision on the same device. Usage::
+``train/small_data`` run on Fashion-MNIST (ViT-Ti/7, 2 x 28 + 4 x 14, 4096 prototypes, as its recipe resolves).
+FLOPs are counted analytically (matmuls and convolutions, 2 FLOPs per multiply-add; backward = 2 x forward; the
+teacher runs forward only) and compared with the measured peak of a large matmul in the same precision on the same
+device. Usage::
 
     python scripts/benchmark_train.py --batch-size 4 --iterations 3            # CPU, fp32
     python scripts/benchmark_train.py --batch-size 64 --precision bf16         # one GPU
