@@ -9,6 +9,7 @@ iBOT) and local crops, and the DINO loss averages over all ``2 + 2 * n_local`` p
 import contextlib
 import logging
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -195,6 +196,13 @@ class SSLMetaArch(nn.Module):
         process nothing is sharded and mixed precision comes from autocast instead."""
         if has_batchnorms(self.student):
             raise ValueError("BatchNorm layers are not supported (their statistics would differ between ranks)")
+        # The backbone's forward_features returns slices of its normed tokens (x_norm_clstoken etc., views, as in
+        # the reference API). FSDP2 warns about views because an in-place op on one would skip its backward hook;
+        # this class only reads them (out-of-place cat/index), and tests/train/test_train_distributed.py::
+        # test_sharded_step_matches_the_replicated_step checks losses, gradients and weights of every strategy.
+        warnings.filterwarnings(
+            "ignore", message=r"FSDP2-wrapped module \(FSDPDinoVisionTransformer\) returned a view tensor"
+        )
         self._broadcast_states_from_rank_0()
         for part in self.student:
             student_cfg = self.cfg.compute_precision.student[part]

@@ -171,3 +171,75 @@ def test_checkpoint_of_two_processes_resumes_in_one(tmp_path: Path, image_root: 
         )
     )
     assert resumed["iteration"] == 5 and Checkpointer(tmp_path).latest().name == "0000005"
+
+
+SHARDED_STEP_OPTS = ("train.centering=sinkhorn_knopp", "student.drop_path_rate=0.0")
+
+
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    return (tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor).detach().cpu().clone()
+
+
+def _sharded_step_worker(rank: int, output_dir: str, image_root: str) -> None:
+    """One training step per sharding strategy on this rank's half of the same batch; rank 0 saves the losses,
+    the full student gradients, the post-step weights (student and teacher) and the warnings raised."""
+    import warnings
+
+    use_tiny_depth()
+    batch = _rank_slice(torch.load(Path(output_dir) / "batches.pt", weights_only=False)[0], rank, 2)
+    results = {}
+    for strategy in ("NO_SHARD", "SHARD_GRAD_OP", "FULL_SHARD"):
+        opts = (*SHARDED_STEP_OPTS, f"train.batch_size_per_gpu={GLOBAL_BATCH // 2}", *_strategy_opts(strategy))
+        cfg = make_cfg(Path(output_dir), Path(image_root), *opts)
+        torch.manual_seed(rank)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = SSLMetaArch(cfg)
+            model.prepare_for_distributed_training()
+            model.train()
+            optimizer = train_module.build_optimizer(cfg, model.get_params_groups())
+            scheduled = train_module.scheduled_values(train_module.build_schedulers(cfg), 1)
+            train_module.apply_optim_scheduler(optimizer, scheduled["lr"], scheduled["wd"], scheduled["last_layer_lr"])
+            optimizer.zero_grad(set_to_none=True)
+            losses = model.forward_backward(batch, teacher_temp=scheduled["teacher_temp"])
+            grads = {name: _full(p.grad) for name, p in model.student.named_parameters() if p.grad is not None}
+            train_module._optimizer_step(cfg, model, optimizer)
+            model.update_teacher(scheduled["mom"])
+            state = full_state_dict(model)
+        losses = {name: float(distributed.all_reduce(value.detach().clone()) / 2) for name, value in losses.items()}
+        results[strategy] = {
+            "losses": losses,
+            "grads": grads,
+            "state": state,
+            "warnings": [str(w.message) for w in caught],
+        }
+    if rank == 0:
+        torch.save(results, Path(output_dir) / "sharded_step.pt")
+
+
+@pytest.mark.slow
+def test_sharded_step_matches_the_replicated_step(tmp_path: Path, image_root: Path) -> None:
+    """The real SSLMetaArch (ViT, DINO + iBOT + KoLeo heads and losses, Sinkhorn-Knopp, masking), one step on 2
+    ranks: FULL_SHARD and SHARD_GRAD_OP give the losses, gradients, post-step student and teacher weights of the
+    unsharded (NO_SHARD) step, and FSDP logs no "returned a view tensor" warning."""
+    cfg = make_cfg(tmp_path, image_root, *SHARDED_STEP_OPTS, f"train.batch_size_per_gpu={GLOBAL_BATCH}")
+    batch = next(iter(train_module.build_data_loader(cfg)))
+    assert batch["mask_indices_list"].numel() > 0  # iBOT has masked tokens to work on
+    torch.save([batch], tmp_path / "batches.pt")
+    run_ranks(_sharded_step_worker, 2, str(tmp_path), str(image_root), timeout_s=300)
+    results = torch.load(tmp_path / "sharded_step.pt", weights_only=False)
+    reference = results["NO_SHARD"]
+    assert set(reference["losses"]) == {"dino_local_crops_loss", "dino_global_crops_loss", "koleo_loss", "ibot_loss"}
+    assert len(reference["grads"]) > 20
+    for strategy in ("SHARD_GRAD_OP", "FULL_SHARD"):
+        sharded = results[strategy]
+        for name, value in reference["losses"].items():
+            assert sharded["losses"][name] == pytest.approx(value, rel=1e-5, abs=1e-6), (strategy, name)
+        assert sharded["grads"].keys() == reference["grads"].keys()
+        for name, grad in reference["grads"].items():
+            torch.testing.assert_close(sharded["grads"][name], grad, rtol=1e-5, atol=1e-6, msg=f"{strategy} {name}")
+        assert sharded["state"].keys() == reference["state"].keys()
+        for key, value in reference["state"].items():  # student and teacher weights after the step, centers
+            torch.testing.assert_close(sharded["state"][key], value, rtol=1e-5, atol=1e-6, msg=f"{strategy} {key}")
+    for strategy, result in results.items():
+        assert not [w for w in result["warnings"] if "returned a view tensor" in w], strategy
