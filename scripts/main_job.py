@@ -241,9 +241,9 @@ def pretrain(args: argparse.Namespace, data: dict[str, Any], output_dir: Path) -
 
 
 def _config_text(config_file: str) -> str:
-    from dinov2.utils.config import _resolve_config_file
+    from dinov2.utils.config import resolve_config_file
 
-    return _resolve_config_file(config_file).read_text()
+    return resolve_config_file(config_file).read_text()
 
 
 def _teacher_exports(train_dir: Path) -> dict[int, Path]:

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from dinov2.utils.signals import ignore_stop_signals
+
 from .datasets import FileList, ImageFolder, ImageNet, ImageNet22k
 from .samplers import EpochSampler, InfiniteSampler, ResumableDistributedSampler, ShardedInfiniteSampler
 
@@ -215,6 +217,7 @@ def make_data_loader(
         drop_last=drop_last,
         persistent_workers=persistent_workers and num_workers > 0,
         collate_fn=collate_fn,
+        worker_init_fn=ignore_stop_signals,
     )
     try:
         logger.info("# of batches: %s", f"{len(data_loader):,d}")

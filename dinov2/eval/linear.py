@@ -33,6 +33,7 @@ from dinov2.eval.utils import (
     get_model_device,
     make_inference_data_loader,
 )
+from dinov2.utils.signals import Stopped, StopRequest, signal_name
 
 logger = logging.getLogger("dinov2")
 
@@ -336,55 +337,28 @@ def eval_linear(
     )
     start_iter = checkpointer.resume_or_load(classifier_fpath or "", resume=resume).get("iteration", -1) + 1
     periodic_checkpointer = PeriodicCheckpointer(checkpointer, checkpoint_period, max_iter=max_iter)
-    device = get_model_device(feature_model)
-    criterion = nn.CrossEntropyLoss()
     iteration = start_iter
     logger.info("Starting training from iteration %d", start_iter)
-    if iteration < max_iter:
-        linear_classifiers.train()
-        for data, labels in _infinite(train_data_loader):
-            data, labels = data.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            features = feature_model(data)
-            outputs = linear_classifiers(features)
-            loss = sum(criterion(logits, labels) for logits in outputs.values())
-
-            optimizer.zero_grad()
-            loss.backward()
-            _average_gradients(linear_classifiers)
-            optimizer.step()
-            scheduler.step()
-
-            if iteration % 10 == 0 or iteration == max_iter - 1:
-                logger.info(
-                    "Training [%d/%d] loss (sum over %d heads): %.4f lr: %.6f",
-                    iteration + 1,
-                    max_iter,
-                    len(outputs),
-                    loss.item(),
-                    optimizer.param_groups[0]["lr"],
-                )
-            if iteration - start_iter > 5 and iteration % running_checkpoint_period == 0:
-                if distributed.is_main_process():
-                    logger.info("Checkpointing running_checkpoint")
-                    periodic_checkpointer.save("running_checkpoint_linear_eval", iteration=iteration)
-            periodic_checkpointer.step(iteration)
-
-            if eval_period > 0 and (iteration + 1) % eval_period == 0 and iteration != max_iter - 1:
-                evaluate_linear_classifiers(
-                    feature_model=feature_model,
-                    linear_classifiers=remove_ddp_wrapper(linear_classifiers),
-                    data_loader=val_data_loader,
-                    metrics_file_path=metrics_file_path,
-                    prefixstring=f"ITER: {iteration}",
-                    metric_type=metric_type,
-                    training_num_classes=training_num_classes,
-                    iteration=iteration,
-                    class_mapping=val_class_mapping,
-                )
-                linear_classifiers.train()
-            iteration += 1
-            if iteration >= max_iter:
-                break
+    with StopRequest() as stop_request:
+        if iteration < max_iter:
+            iteration = _train_linear_classifiers(
+                feature_model=feature_model,
+                linear_classifiers=linear_classifiers,
+                train_data_loader=train_data_loader,
+                val_data_loader=val_data_loader,
+                metrics_file_path=metrics_file_path,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                periodic_checkpointer=periodic_checkpointer,
+                max_iter=max_iter,
+                start_iter=start_iter,
+                running_checkpoint_period=running_checkpoint_period,
+                eval_period=eval_period,
+                metric_type=metric_type,
+                training_num_classes=training_num_classes,
+                val_class_mapping=val_class_mapping,
+                stop_request=stop_request,
+            )
 
     val_results_dict = evaluate_linear_classifiers(
         feature_model=feature_model,
@@ -397,6 +371,87 @@ def eval_linear(
         class_mapping=val_class_mapping,
     )
     return val_results_dict, feature_model, linear_classifiers, iteration
+
+
+def _train_linear_classifiers(
+    *,
+    feature_model: nn.Module,
+    linear_classifiers: AllClassifiers,
+    train_data_loader: Iterable,
+    val_data_loader: Iterable,
+    metrics_file_path: str,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    periodic_checkpointer: PeriodicCheckpointer,
+    max_iter: int,
+    start_iter: int,
+    running_checkpoint_period: int,
+    eval_period: int,
+    metric_type: MetricType,
+    training_num_classes: int,
+    val_class_mapping: torch.Tensor | None,
+    stop_request: StopRequest,
+) -> int:
+    """The training iterations from ``start_iter``; returns the iteration reached. On a stop signal the current
+    iteration finishes, the running checkpoint is saved and :class:`Stopped` is raised (the job is requeued)."""
+    device = get_model_device(feature_model)
+    criterion = nn.CrossEntropyLoss()
+    iteration = start_iter
+    linear_classifiers.train()
+    for data, labels in _infinite(train_data_loader):
+        data, labels = data.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        features = feature_model(data)
+        outputs = linear_classifiers(features)
+        loss = sum(criterion(logits, labels) for logits in outputs.values())
+
+        optimizer.zero_grad()
+        loss.backward()
+        _average_gradients(linear_classifiers)
+        optimizer.step()
+        scheduler.step()
+
+        if iteration % 10 == 0 or iteration == max_iter - 1:
+            logger.info(
+                "Training [%d/%d] loss (sum over %d heads): %.4f lr: %.6f",
+                iteration + 1,
+                max_iter,
+                len(outputs),
+                loss.item(),
+                optimizer.param_groups[0]["lr"],
+            )
+        if iteration - start_iter > 5 and iteration % running_checkpoint_period == 0:
+            if distributed.is_main_process():
+                logger.info("Checkpointing running_checkpoint")
+                periodic_checkpointer.save("running_checkpoint_linear_eval", iteration=iteration)
+        periodic_checkpointer.step(iteration)
+        if stop_request.any_rank():
+            if distributed.is_main_process():
+                periodic_checkpointer.save("running_checkpoint_linear_eval", iteration=iteration)
+            logger.info(
+                "stopped by %s (preemption, time limit or kill): checkpoint of iteration %d saved; re-running the "
+                "same command resumes from it",
+                signal_name(stop_request.signum),
+                iteration,
+            )
+            raise Stopped(f"stopped at iteration {iteration}")
+
+        if eval_period > 0 and (iteration + 1) % eval_period == 0 and iteration != max_iter - 1:
+            evaluate_linear_classifiers(
+                feature_model=feature_model,
+                linear_classifiers=remove_ddp_wrapper(linear_classifiers),
+                data_loader=val_data_loader,
+                metrics_file_path=metrics_file_path,
+                prefixstring=f"ITER: {iteration}",
+                metric_type=metric_type,
+                training_num_classes=training_num_classes,
+                iteration=iteration,
+                class_mapping=val_class_mapping,
+            )
+            linear_classifiers.train()
+        iteration += 1
+        if iteration >= max_iter:
+            break
+    return iteration
 
 
 def make_eval_data_loader(

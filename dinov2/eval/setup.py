@@ -168,5 +168,12 @@ def run_cli(
     get_args_parser: Callable[..., argparse.ArgumentParser],
     description: str,
 ) -> NoReturn:
-    """``python -m dinov2.eval.<name>``: parses the command line, runs ``main`` and exits with its status."""
-    sys.exit(main(get_args_parser(description=description).parse_args()))
+    """``python -m dinov2.eval.<name>``: parses the command line, runs ``main`` and exits with its status (0 after a
+    stop signal, once the checkpoint to resume from is saved)."""
+    from dinov2.utils.signals import Stopped
+
+    try:
+        status = main(get_args_parser(description=description).parse_args())
+    except Stopped:
+        status = 0
+    sys.exit(status)

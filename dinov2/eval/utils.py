@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from dinov2 import distributed
 from dinov2.logging import FILE_ONLY
+from dinov2.utils.signals import ignore_stop_signals
 
 logger = logging.getLogger("dinov2")
 
@@ -134,6 +135,7 @@ def make_inference_data_loader(
         pin_memory=pin_memory,
         drop_last=False,
         collate_fn=collate_fn,
+        worker_init_fn=ignore_stop_signals,
     )
 
 

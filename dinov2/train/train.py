@@ -22,9 +22,7 @@ import logging
 import math
 import os
 import random
-import signal
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -54,6 +52,7 @@ from dinov2.train.recipe import SCHEDULE_KEYS, apply_recipe, flat_keys
 from dinov2.train.ssl_meta_arch import SSLMetaArch
 from dinov2.utils.config import get_explicit_cfg, setup, write_config
 from dinov2.utils.dtype import as_torch_dtype
+from dinov2.utils.signals import StopRequest, ignore_stop_signals, signal_name
 from dinov2.utils.utils import CosineScheduler
 
 __all__ = [
@@ -76,7 +75,6 @@ logger = logging.getLogger("dinov2")
 _PRINT_FREQ = 10
 # What the console's progress line shows (every meter goes to the log file and training_metrics.json).
 _CONSOLE_METERS = ("total_loss", "dino_global_crops_loss", "ibot_loss", "koleo_loss", "teacher_entropy")
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -277,6 +275,7 @@ def build_data_loader(cfg: DictConfig, start_iter: int = 0, *, samples_seen: int
         pin_memory=torch.accelerator.is_available(),
         drop_last=True,
         collate_fn=partial(_seeded_collate, seed=cfg.train.seed, collate_fn=collate_fn),
+        worker_init_fn=ignore_stop_signals,
     )
 
 
@@ -332,28 +331,6 @@ def _save_checkpoint(
 
 
 # -- one iteration --------------------------------------------------------------------------------------------------
-
-
-class _StopRequest:
-    """Records SIGTERM / SIGUSR1 (preemption) while training; the handler only sets a flag, and the training loop
-    saves a checkpoint at the end of the current iteration and returns. Previous handlers are restored on exit."""
-
-    def __init__(self) -> None:
-        self.signum = 0
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: object) -> None:
-        self.signum = signum
-
-    def __enter__(self) -> "_StopRequest":
-        if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
-            for sig in _STOP_SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def _reduce_losses(
@@ -421,7 +398,7 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     data: dict[str, Any],
     scheduled: dict[str, float],
-    stop_request: _StopRequest | None = None,
+    stop_request: StopRequest | None = None,
 ) -> StepResult:
     """Forward, backward, loss reduction, then (only if every rank's loss is finite) clipping, the optimizer step
     and the teacher EMA, so a non-finite loss never reaches the weights. A stop signal received up to the loss
@@ -529,7 +506,7 @@ def do_train(cfg: DictConfig, model: SSLMetaArch, resume: bool = False) -> dict[
     online_knn = OnlineKnn.from_cfg(cfg)
     iteration, nan_streak, stopped = start_iter, 0, False
     logger.info("Starting training from iteration %d of %d", start_iter, max_iter)
-    with _StopRequest() as stop_request:
+    with StopRequest() as stop_request:
         progress = metric_logger.log_every(
             data_iter,
             _PRINT_FREQ,
@@ -561,7 +538,12 @@ def do_train(cfg: DictConfig, model: SSLMetaArch, resume: bool = False) -> dict[
                 cfg, model, optimizer, checkpointer, iteration, samples_seen, result.stop, online_knn, metric_logger
             )
             if result.stop:
-                logger.info("stop signal received: checkpoint of iteration %d saved, exiting", iteration)
+                logger.info(
+                    "stopped by %s (preemption, time limit or kill): checkpoint of iteration %d saved; re-running "
+                    "the same command resumes from it",
+                    signal_name(stop_request.signum) if stop_request.signum else "a stop signal on another rank",
+                    iteration,
+                )
                 stopped = True
                 break
             iteration += 1

@@ -83,19 +83,30 @@ def get_slurm_partition(cluster_type: ClusterType | None = None) -> str | None:
 
 
 def get_slurm_executor_parameters(
-    nodes: int, num_gpus_per_node: int, cluster_type: ClusterType | None = None, **kwargs: Any
+    nodes: int,
+    num_gpus_per_node: int,
+    cluster_type: ClusterType | None = None,
+    *,
+    tasks_per_node: int | None = None,
+    **kwargs: Any,
 ) -> dict[str, Any]:
-    """submitit parameters for one task per GPU on ``nodes`` nodes; ``kwargs`` override the defaults."""
-    if nodes < 1 or num_gpus_per_node < 1:
-        raise ValueError(f"need nodes >= 1 and GPUs per node >= 1, got nodes={nodes}, gpus={num_gpus_per_node}")
+    """submitit parameters for ``nodes`` nodes with ``num_gpus_per_node`` GPUs each (0: a CPU-only job, no GPU
+    resource is requested) and ``tasks_per_node`` tasks (default: one per GPU, 1 on CPU); ``kwargs`` (e.g.
+    ``cpus_per_task``, ``mem_gb``, ``slurm_account``) override the defaults."""
+    if nodes < 1 or num_gpus_per_node < 0:
+        raise ValueError(f"need nodes >= 1 and GPUs per node >= 0, got nodes={nodes}, gpus={num_gpus_per_node}")
+    tasks = tasks_per_node if tasks_per_node is not None else max(num_gpus_per_node, 1)
+    if tasks < 1:
+        raise ValueError(f"need at least one task per node, got tasks_per_node={tasks}")
     cluster_type = get_cluster_type(cluster_type)
     params: dict[str, Any] = {
         "mem_gb": 0,  # 0: all the memory of the node
-        "gpus_per_node": num_gpus_per_node,
-        "tasks_per_node": num_gpus_per_node,  # one task per GPU
+        "tasks_per_node": tasks,
         "cpus_per_task": _CPUS_PER_TASK.get(cluster_type, 10),
         "nodes": nodes,
     }
+    if num_gpus_per_node > 0:
+        params["gpus_per_node"] = num_gpus_per_node
     partition = get_slurm_partition(cluster_type)
     if partition is not None:
         params["slurm_partition"] = partition

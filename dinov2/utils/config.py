@@ -20,6 +20,7 @@ __all__ = [
     "write_config",
     "get_cfg_from_args",
     "get_explicit_cfg",
+    "resolve_config_file",
     "default_setup",
     "setup",
 ]
@@ -53,7 +54,7 @@ def write_config(cfg: DictConfig, output_dir: str | os.PathLike, name: str = "co
     return str(path)
 
 
-def _resolve_config_file(config_file: str) -> Path:
+def resolve_config_file(config_file: str) -> Path:
     """A path, or the name of a packaged config (``train/vitl14``) when no such file exists."""
     path = Path(config_file)
     if path.is_file():
@@ -84,7 +85,7 @@ def get_cfg_from_args(args: argparse.Namespace) -> DictConfig:
     args.output_dir = os.path.abspath(getattr(args, "output_dir", "") or "")
     config_file = getattr(args, "config_file", "") or ""
     if config_file:
-        path = _resolve_config_file(config_file)
+        path = resolve_config_file(config_file)
         cfg = merge_strict(dinov2_default_config, OmegaConf.load(path), source=f"config file {str(path)!r}")
     else:
         cfg = merge_strict(dinov2_default_config)
@@ -98,7 +99,7 @@ def get_cfg_from_args(args: argparse.Namespace) -> DictConfig:
 def get_explicit_cfg(args: argparse.Namespace) -> DictConfig:
     """Only what the config file and the command-line overrides set (no defaults): the keys a user chose."""
     config_file = getattr(args, "config_file", "") or ""
-    explicit = OmegaConf.load(_resolve_config_file(config_file)) if config_file else OmegaConf.create()
+    explicit = OmegaConf.load(resolve_config_file(config_file)) if config_file else OmegaConf.create()
     opts = list(getattr(args, "opts", None) or [])
     return OmegaConf.merge(explicit, _parse_opts(opts)) if opts else explicit
 

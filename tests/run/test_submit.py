@@ -113,3 +113,61 @@ def test_local_job_tasks_become_torchrun_ranks(generic_cluster: pytest.MonkeyPat
     export_job_environment()
     env = _TorchDistributedEnvironment.from_env()
     assert (env.source, env.rank, env.world_size, env.local_rank, env.local_world_size) == ("env", 1, 2, 1, 2)
+
+
+def test_cpu_only_jobs_request_no_gpu(generic_cluster: pytest.MonkeyPatch) -> None:
+    params = get_slurm_executor_parameters(1, 0)
+    assert "gpus_per_node" not in params and params["tasks_per_node"] == 1
+    params = get_slurm_executor_parameters(2, 0, tasks_per_node=3, cpus_per_task=2, mem_gb=4, slurm_qos="low")
+    assert (params["nodes"], params["tasks_per_node"], params["cpus_per_task"], params["mem_gb"]) == (2, 3, 2, 4)
+    assert params["slurm_qos"] == "low"
+    assert get_slurm_executor_parameters(1, 4)["tasks_per_node"] == 4  # one task per GPU by default
+    with pytest.raises(ValueError, match="tasks_per_node=0"):
+        get_slurm_executor_parameters(1, 0, tasks_per_node=0)
+
+
+def test_site_settings_come_from_flags_or_environment(generic_cluster: pytest.MonkeyPatch) -> None:
+    from dinov2.run.submit import _slurm_kwargs
+
+    args = get_args_parser().parse_args([])
+    assert (args.tasks_per_node, args.cpus_per_task, args.mem_gb, args.account, args.qos) == (None, None, None, "", "")
+    assert _slurm_kwargs(args) == {}
+    for name, value in {"GPUS_PER_NODE": "0", "CPUS_PER_TASK": "2", "MEM_GB": "8", "ACCOUNT": "lab", "QOS": "hi",
+                        "CONSTRAINT": "avx512", "TASKS_PER_NODE": "2"}.items():  # fmt: skip
+        generic_cluster.setenv(f"DINOV2_SLURM_{name}", value)
+    args = get_args_parser().parse_args(["--qos", "low", "--use-volta32"])
+    assert (args.ngpus, args.tasks_per_node) == (0, 2)
+    assert _slurm_kwargs(args) == {
+        "cpus_per_task": 2,
+        "mem_gb": 8,
+        "slurm_account": "lab",
+        "slurm_qos": "low",  # the flag wins over the environment
+        "slurm_constraint": "avx512&volta32gb",
+    }
+    generic_cluster.setenv("DINOV2_SLURM_MEM_GB", "lots")
+    with pytest.raises(ValueError, match="DINOV2_SLURM_MEM_GB='lots' is not an integer"):
+        get_args_parser()
+
+
+def test_job_id_folder_is_not_created_literally(generic_cluster: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    job = submit_jobs(_WriteTask, _debug_args(tmp_path / "runs"), name="dinov2:test")
+    job.result()
+    assert (tmp_path / "runs").is_dir() and not (tmp_path / "runs" / "%j").exists()
+
+
+def test_trainer_requeues_after_a_stop_signal(generic_cluster: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import signal
+
+    raised = []
+    fake_train = types.ModuleType("dinov2.train.train")
+    fake_train.main = lambda args: {"stopped": True, "iteration": 3}
+    generic_cluster.setitem(sys.modules, "dinov2.train.train", fake_train)
+    job = submit_jobs(Trainer, _debug_args(tmp_path), name="dinov2:train")
+    assert job.result() == {"stopped": True, "iteration": 3}  # no handler in the debug executor: nothing raised
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: raised.append(signum))  # as submitit's
+    try:
+        job = submit_jobs(Trainer, _debug_args(tmp_path), name="dinov2:train")
+        assert job.result()["stopped"]
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert raised == [signal.SIGUSR2]  # handed to the job's handler, which calls checkpoint() and requeues

@@ -47,7 +47,14 @@ class Evaluator:
         export_job_environment()  # the tasks of a local multi-task job become torchrun ranks
         logger.info("Process group: %d tasks, rank: %d", job_env.num_tasks, job_env.global_rank)
         logger.info("Args: %s", self.args)
-        return importlib.import_module(self.main_module).main(self.args)
+        from dinov2.run.submit import requeue_after_stop
+        from dinov2.utils.signals import Stopped
+
+        try:
+            return importlib.import_module(self.main_module).main(self.args)
+        except Stopped:  # a checkpoint was saved on the signal: requeue, the eval resumes from it
+            requeue_after_stop()
+            return 0
 
     def checkpoint(self):
         import submitit
@@ -79,11 +86,19 @@ def submit_eval(task_class: type[Evaluator], argv: list[str] | None = None) -> i
     # Imported here: the submit helpers read cluster settings that only a launch needs.
     from dinov2.logging import setup_logging
     from dinov2.run.submit import get_args_parser, submit_jobs
+    from dinov2.utils.config import resolve_config_file
 
     eval_parser = importlib.import_module(task_class.main_module).get_args_parser(add_help=False)
     args = get_args_parser(description=task_class.description, parents=[eval_parser]).parse_args(argv)
     setup_logging()
-    if not args.config_file or not os.path.exists(args.config_file):
-        raise FileNotFoundError(f"--config-file {args.config_file!r} does not exist; pass the training config.yaml")
+    if args.config_file:  # a path (checked now, relative to here) or a packaged name; made absolute for the job
+        args.config_file = str(resolve_config_file(args.config_file))
+    weights = getattr(args, "pretrained_weights", "") or ""
+    if weights and "://" not in weights and weights not in ("random", "raw-pixels"):
+        if not os.path.isfile(weights):
+            raise FileNotFoundError(
+                f"--pretrained-weights {weights!r} is not a file (relative paths are resolved from {os.getcwd()})"
+            )
+        args.pretrained_weights = os.path.abspath(weights)
     submit_jobs(task_class, args, name=task_class.job_name)
     return 0

@@ -11,12 +11,12 @@ import argparse
 import importlib
 import logging
 import sys
-from pathlib import Path
 
 import submitit
 
 from dinov2.logging import setup_logging
-from dinov2.run.submit import export_job_environment, get_args_parser, submit_jobs
+from dinov2.run.submit import export_job_environment, get_args_parser, requeue_after_stop, submit_jobs
+from dinov2.utils.config import resolve_config_file
 
 __all__ = ["Trainer", "main"]
 
@@ -35,11 +35,15 @@ class Trainer:
         self.args.output_dir = str(self.args.output_dir).replace("%j", str(job_env.job_id))
         export_job_environment()
         logger.info("Running %d tasks; this is task %d", job_env.num_tasks, job_env.global_rank)
-        return train_module.main(self.args)
+        result = train_module.main(self.args)
+        if isinstance(result, dict) and result.get("stopped"):
+            requeue_after_stop()
+        return result
 
     def checkpoint(self) -> submitit.helpers.DelayedSubmission:
-        """Called by submitit on timeout / preemption: requeue the same arguments; training resumes from the
-        newest complete checkpoint in the output folder (unless --no-resume)."""
+        """Called by submitit to requeue (after the training saved a checkpoint on the signal, or when the signal
+        came before training started): the same arguments; training resumes from the newest complete checkpoint
+        in the output folder (unless --no-resume)."""
         return submitit.helpers.DelayedSubmission(Trainer(self.args))
 
 
@@ -50,8 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = get_args_parser(description="Submitit launcher for DINOv2 training", parents=[train_parser])
     args = parser.parse_args(argv)
     setup_logging()
-    if not Path(args.config_file).is_file():
-        raise FileNotFoundError(f"--config-file {args.config_file!r} does not exist")
+    args.config_file = str(resolve_config_file(args.config_file)) if args.config_file else ""
     submit_jobs(Trainer, args, name="dinov2:train")
     return 0
 

@@ -89,3 +89,18 @@ def test_launcher_parses_eval_and_submit_flags_and_runs_its_eval(
 def test_launcher_rejects_missing_config_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="--config-file"):
         knn.main(["--config-file", str(tmp_path / "missing.yaml")])
+
+
+def test_launcher_accepts_packaged_config_names_and_checks_weights(tmp_path, monkeypatch):
+    submitted = []
+    monkeypatch.setattr("dinov2.run.submit.submit_jobs", lambda task_class, args, name: submitted.append(args))
+    argv = ["--config-file", "eval/vits14_pretrain", "--pretrained-weights", "random", "--output-dir", str(tmp_path)]
+    assert knn.main(argv) == 0
+    assert submitted[0].config_file.endswith("dinov2/configs/eval/vits14_pretrain.yaml")
+    assert os.path.isabs(submitted[0].config_file)
+    with pytest.raises(FileNotFoundError, match="relative paths are resolved from"):
+        knn.main(["--config-file", "eval/vits14_pretrain", "--pretrained-weights", "nowhere/teacher.pth"])
+    (tmp_path / "teacher.pth").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    assert knn.main(["--config-file", "eval/vits14_pretrain", "--pretrained-weights", "teacher.pth"]) == 0
+    assert submitted[-1].pretrained_weights == str(tmp_path / "teacher.pth")  # absolute for the job
