@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
@@ -95,6 +95,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--eval-only", action="store_true", help="export the teacher of the newest checkpoint to eval/manual_<it>"
     )
     parser.add_argument("--eval", type=str, default="", help="unused, kept for the reference's command lines")
+    parser.add_argument(
+        "--resume-with-changes",
+        action="store_true",
+        help="resume although the config changed, when only keys that are safe to change did "
+        f"({', '.join(_RESUMABLE_CHANGES)})",
+    )
     parser.add_argument(
         "opts",
         help="config overrides key.sub=value after all flags, e.g. optim.base_lr=0.001 train.batch_size_per_gpu=32",
@@ -599,8 +605,7 @@ def _budget_iterations(cfg: DictConfig) -> int:
 def _apply_recipe(cfg: DictConfig, args: argparse.Namespace) -> None:
     """``recipe.auto``: derives the keys the user did not set (see ``dinov2.train.recipe``). With
     ``recipe.budget_minutes`` > 0 the training length comes from the budget (calibrated with the derived keys in
-    place): it replaces the config file's epoch length, but a length given on the command line is a conflict.
-    Rewrites ``config.yaml`` with the values used."""
+    place): it replaces the config file's epoch length, but a length given on the command line is a conflict."""
     user_keys = flat_keys(get_explicit_cfg(args))
     cli_keys = flat_keys(get_explicit_cfg(argparse.Namespace(config_file="", opts=args.opts)))
     global_batch = cfg.train.batch_size_per_gpu * distributed.get_global_size()
@@ -616,15 +621,72 @@ def _apply_recipe(cfg: DictConfig, args: argparse.Namespace) -> None:
         protected = (user_keys - set(SCHEDULE_KEYS)) | (cli_keys & set(SCHEDULE_KEYS))
         schedule_only = not cfg.recipe.auto
         apply_recipe(cfg, protected, global_batch=global_batch, iterations=iterations, schedule_only=schedule_only)
-    if distributed.is_main_process():
-        write_config(cfg, cfg.train.output_dir)
+
+
+# Keys whose change does not invalidate a checkpoint (the length of the run, workers, periods, the lr derived from
+# the world size, precision); any other change makes a resume a different experiment.
+_RESUMABLE_CHANGES = (
+    "optim.epochs",
+    "train.OFFICIAL_EPOCH_LENGTH",
+    "train.batch_size_per_gpu",  # with the world size (optim.lr records the global batch)
+    "optim.lr",
+    "train.num_workers",
+    "train.saveckp_freq",
+    "train.max_to_keep",
+    "train.max_nan_steps",
+    "train.output_dir",
+    "recipe.budget_minutes",
+    "evaluation.",
+    "compute_precision.",
+)
+
+
+def _flat_values(cfg: DictConfig) -> dict[str, Any]:
+    return {key: value for key, value in _walk(OmegaConf.to_container(cfg, resolve=True))}
+
+
+def _walk(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _walk(value, f"{prefix}{key}.")
+    else:
+        yield prefix[:-1], node
+
+
+def check_resume_config(cfg: DictConfig, allow_safe_changes: bool = False) -> None:
+    """Refuses to resume the checkpoints of ``train.output_dir`` with a config other than the one the run was
+    started with (its ``config.yaml``), naming the changed keys and the ways out; ``allow_safe_changes`` lets the
+    keys of ``_RESUMABLE_CHANGES`` change."""
+    output_dir = Path(cfg.train.output_dir)
+    if not (output_dir / "config.yaml").is_file() or Checkpointer(output_dir).latest() is None:
+        return
+    old, new = _flat_values(OmegaConf.load(output_dir / "config.yaml")), _flat_values(cfg)
+    changed = {key: (old.get(key), new.get(key)) for key in old.keys() | new.keys() if old.get(key) != new.get(key)}
+    changed.pop("train.output_dir", None)
+    if not changed:
+        return
+    unsafe = sorted(key for key in changed if not key.startswith(_RESUMABLE_CHANGES))
+    described = "; ".join(f"{key}: {changed[key][0]!r} -> {changed[key][1]!r}" for key in sorted(changed))
+    if allow_safe_changes and not unsafe:
+        logger.warning("resuming %s with changed keys (--resume-with-changes): %s", output_dir, described)
+        return
+    ways_out = "resume it with its own config, or start a new run with another --output-dir (--no-resume overwrites)"
+    if unsafe:
+        ways_out += f"; these keys cannot change on resume: {', '.join(unsafe)}"
+    else:
+        ways_out += ", or pass --resume-with-changes (all the changed keys may change on resume)"
+    raise ValueError(f"{output_dir} holds a run started with another config ({described}): {ways_out}")
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Trains (or, with ``--eval-only``, exports the teacher of the newest checkpoint) as ``args`` say."""
-    cfg = setup(args)
+    cfg = setup(args, write=False)
     if cfg.recipe.auto or cfg.recipe.budget_minutes > 0:
         _apply_recipe(cfg, args)
+    if not args.no_resume and not args.eval_only:
+        check_resume_config(cfg, allow_safe_changes=getattr(args, "resume_with_changes", False))
+    if distributed.is_main_process():
+        write_config(cfg, cfg.train.output_dir)
     torch.backends.cuda.matmul.allow_tf32 = True
     model = SSLMetaArch(cfg)
     model.prepare_for_distributed_training()

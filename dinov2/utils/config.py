@@ -114,14 +114,14 @@ def default_setup(args: argparse.Namespace, seed: int = 0) -> None:
     logger.info("\n".join(f"{key}: {value}" for key, value in sorted(vars(args).items())), extra=FILE_ONLY)
 
 
-def setup(args: argparse.Namespace) -> DictConfig:
+def setup(args: argparse.Namespace, write: bool = True) -> DictConfig:
     """The training's setup: config from ``args`` (see :func:`get_cfg_from_args`), output folder, process group,
     logging, seeds (``train.seed`` + rank), the lr scaling rule, and ``<output_dir>/config.yaml`` (which thus holds
-    the ``optim.lr`` used and reproduces the run)."""
+    the ``optim.lr`` used and reproduces the run; ``write=False`` leaves that to the caller)."""
     cfg = get_cfg_from_args(args)
     os.makedirs(args.output_dir, exist_ok=True)
     default_setup(args, seed=int(cfg.train.seed))
     apply_scaling_rules_to_cfg(cfg)
-    if distributed.is_main_process():
+    if write and distributed.is_main_process():
         write_config(cfg, args.output_dir)
     return cfg

@@ -56,12 +56,15 @@ def write_images(root: Path, count: int = 16) -> Path:
     return root
 
 
-def make_args(output_dir: Path, image_root: Path, *opts: str, no_resume: bool = False) -> argparse.Namespace:
+def make_args(
+    output_dir: Path, image_root: Path, *opts: str, no_resume: bool = False, resume_with_changes: bool = False
+) -> argparse.Namespace:
     """Parsed training arguments for the tiny setup (``opts`` override ``TINY_OPTS``)."""
     from dinov2.train import get_args_parser
 
     argv = ["--config-file", "train/vit_tiny_cpu", "--output-dir", str(output_dir)]
     argv += ["--no-resume"] if no_resume else []
+    argv += ["--resume-with-changes"] if resume_with_changes else []
     argv += [f"train.dataset_path=ImageFolder:root={image_root}", *TINY_OPTS, *opts]
     return get_args_parser(add_help=False).parse_args(argv)
 

@@ -130,8 +130,9 @@ def _budget_args(output_dir: Path, image_root: Path, *opts: str):
     from dinov2.train import get_args_parser
 
     argv = ["--config-file", "train/vit_tiny_cpu", "--output-dir", str(output_dir)]
+    argv += [flag for flag in opts if flag.startswith("--")]
     argv += [f"train.dataset_path=ImageFolder:root={image_root}", "train.num_workers=0", "train.batch_size_per_gpu=4"]
-    return get_args_parser(add_help=False).parse_args([*argv, *opts])
+    return get_args_parser(add_help=False).parse_args([*argv, *(opt for opt in opts if not opt.startswith("--"))])
 
 
 @pytest.mark.slow
@@ -148,7 +149,7 @@ def test_time_budget_sets_the_epoch_length_and_a_resume_reuses_it(tmp_path: Path
 
     # Same budget again: no new calibration, the recorded length is used (here edited, to see that it is read).
     (tmp_path / "recipe.json").write_text(json.dumps({**record, "iterations": 50}))
-    main(_budget_args(tmp_path, image_root, "recipe.budget_minutes=0.02"))
+    main(_budget_args(tmp_path, image_root, "--resume-with-changes", "recipe.budget_minutes=0.02"))
     assert OmegaConf.load(tmp_path / "config.yaml").train.OFFICIAL_EPOCH_LENGTH == 10
 
 
@@ -156,3 +157,18 @@ def test_time_budget_and_an_epoch_length_override_conflict(tmp_path: Path, image
     args = _budget_args(tmp_path, image_root, "recipe.budget_minutes=1", "train.OFFICIAL_EPOCH_LENGTH=7")
     with pytest.raises(ValueError, match="drop one of the two"):
         main(args)
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_changed_config_unless_the_change_is_safe(tmp_path: Path, image_root: Path) -> None:
+    main(make_args(tmp_path, image_root))
+    with pytest.raises(ValueError, match=r"student.layerscale: 1e-05 -> 0.1.*another --output-dir.*cannot change"):
+        main(make_args(tmp_path, image_root, "student.layerscale=0.1"))
+    with pytest.raises(ValueError, match="cannot change on resume: student.layerscale"):
+        main(make_args(tmp_path, image_root, "student.layerscale=0.1", resume_with_changes=True))
+    assert OmegaConf.load(tmp_path / "config.yaml").student.layerscale == 1e-5  # the run's config is kept
+    with pytest.raises(ValueError, match="--resume-with-changes"):
+        main(make_args(tmp_path, image_root, "optim.epochs=2"))
+    result = main(make_args(tmp_path, image_root, "optim.epochs=2", resume_with_changes=True))  # a longer run
+    assert result["iteration"] == 11 and OmegaConf.load(tmp_path / "config.yaml").optim.epochs == 2
+    assert main(make_args(tmp_path, image_root, "student.layerscale=0.1", no_resume=True))["iteration"] == 5

@@ -168,6 +168,7 @@ def test_checkpoint_of_two_processes_resumes_in_one(tmp_path: Path, image_root: 
             tmp_path,
             image_root,
             *(f"train.batch_size_per_gpu={GLOBAL_BATCH}", "train.OFFICIAL_EPOCH_LENGTH=3", "optim.epochs=2"),
+            resume_with_changes=True,  # the same global batch on one rank, and a longer run
         )
     )
     assert resumed["iteration"] == 5 and Checkpointer(tmp_path).latest().name == "0000005"
