@@ -13,16 +13,19 @@ device. Usage::
 """
 
 import argparse
+import multiprocessing
 import resource
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the per-case processes import this script by name
 
 from dinov2 import distributed  # noqa: E402
 from dinov2.data import MaskingGenerator, collate_data_and_cast  # noqa: E402
@@ -196,7 +199,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(header)
     for case in args.cases:
-        result = benchmark_case(case, batch_size, precision, args.iterations, args.warmup)
+        # Each case in its own process, so its peak memory is its own (the process-wide peak RSS never goes down).
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            future = pool.submit(benchmark_case, case, batch_size, precision, args.iterations, args.warmup)
+            result = future.result()
         mfu = result["flop_per_step"] / result["step_s"] / peak
         print(
             f"{case:8} {result['batch']:>5} {result['step_s']:>8.3f} {result['it_per_s']:>7.3f} "

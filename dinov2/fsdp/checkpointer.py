@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import pickle
 import random
 import re
 import shutil
@@ -30,6 +31,9 @@ import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.metadata import StorageMeta
 from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
     get_state_dict,
@@ -235,10 +239,15 @@ class Checkpointer:
         model: nn.Module,
         optimizer: torch.optim.Optimizer | None = None,
         restore_rng: bool = True,
+        model_only: bool = False,
     ) -> dict[str, Any]:
         """Loads model (and optimizer) state in place, resharding to the current world size, restores this rank's
         RNG states (unless ``restore_rng`` is False) and returns its extras: the caller's, ``iteration`` and
-        ``rng`` (this rank's RNG states, for :func:`restore_rng_state`)."""
+        ``rng`` (this rank's RNG states, for :func:`restore_rng_state`). ``model_only`` reads the model tensors
+        and nothing else (``MODEL.WEIGHTS``), and returns {}.
+
+        Nothing read can run code: DCP's metadata goes through an unpickler that accepts only DCP's metadata
+        types, its non-tensor items and the extras load with ``weights_only=True``."""
         path = Path(path)
         if not (path / _META_FILE).is_file() or not (path / ".metadata").is_file():
             latest = self.latest()
@@ -247,18 +256,25 @@ class Checkpointer:
                 f"the newest complete one here is {latest}"
             )
         meta = json.loads((path / _META_FILE).read_text())
-        state = self._state_dict(model, optimizer)
+        state = self._state_dict(model, None if model_only else optimizer)
         with _single_process_dcp() as no_dist:
-            dcp.load(state, checkpoint_id=path, no_dist=no_dist)
-        if optimizer is None:
+            try:
+                dcp.load(state, storage_reader=_SafeReader(path), planner=_SafeLoadPlanner(), no_dist=no_dist)
+            except CheckpointException as e:  # DCP wraps each rank's error with its traceback: keep the reason
+                reasons = sorted(
+                    {str(error[0] if isinstance(error, tuple) else error) for error in e.failures.values()}
+                )
+                raise RuntimeError(f"could not load checkpoint {path}: {'; '.join(reasons)}") from e
+        if optimizer is None or model_only:
             set_model_state_dict(model, state["model"])
         else:
             set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        if model_only:
+            return {}
 
         rank, old_world_size = distributed.get_global_rank(), int(meta["world_size"])
         source_rank = rank % old_world_size
-        # Our own file: it holds numpy RNG arrays and python tuples, which weights_only loading refuses.
-        extra = torch.load(path / f"extra_rank_{source_rank}.pt", map_location="cpu", weights_only=False)
+        extra = load_extras(path / f"extra_rank_{source_rank}.pt")
         if rank >= old_world_size:
             # This rank borrowed another rank's RNG state: derive a distinct one, and return it in extra["rng"]
             # so that a caller re-applying extra["rng"] later (after building its data iterator) gets it too.
@@ -279,6 +295,89 @@ class Checkpointer:
                 source_rank,
             )
         return extra
+
+
+# What DCP's ``.metadata`` pickle may reference (read off the files torch writes); anything else is refused.
+_DCP_METADATA_GLOBALS = {
+    ("torch.distributed.checkpoint.metadata", name)
+    for name in (
+        "Metadata",
+        "ChunkStorageMetadata",
+        "TensorStorageMetadata",
+        "BytesStorageMetadata",
+        "TensorProperties",
+        "MetadataIndex",
+        "StorageMeta",
+        "_MEM_FORMAT_ENCODING",
+    )
+} | {
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "WindowsPath"),
+    ("collections", "OrderedDict"),
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _DCP_METADATA_GLOBALS or (
+            module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        ):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(
+            f"checkpoint metadata refers to {module}.{name}, which is not a DCP metadata type: refusing to load it"
+        )
+
+
+class _SafeReader(FileSystemReader):
+    """DCP's file reader with the metadata unpickled by :class:`_MetadataUnpickler` (DCP uses ``pickle.load``,
+    which runs whatever the file says)."""
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+        path = Path(self.path) / ".metadata"
+        with path.open("rb") as handle:
+            try:
+                metadata = _MetadataUnpickler(handle).load()
+            except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as e:
+                raise RuntimeError(f"{path} is not a readable DCP checkpoint metadata file: {e}") from e
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+class _SafeLoadPlanner(DefaultLoadPlanner):
+    """Non-tensor items (optimizer hyper-parameters) read with ``weights_only=True`` (DCP's default planner
+    unpickles them unrestricted)."""
+
+    def load_bytes(self, read_item: Any, value: Any) -> None:
+        # Checked with the weights-only unpickler first (it refuses any other global), then handed to DCP's own
+        # code, which re-reads the same, now known-harmless bytes.
+        try:
+            torch.load(value, weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise RuntimeError(f"checkpoint item {read_item.dest_index.fqn} holds more than plain values: {e}") from e
+        value.seek(0)
+        super().load_bytes(read_item, value)
+
+
+# numpy's RNG state is an array: these globals rebuild plain arrays and nothing else (the reconstruct function is
+# taken from the array's own pickle recipe, whichever numpy module holds it).
+_NUMPY_ARRAY_GLOBALS = [np.ndarray((0,)).__reduce__()[0], np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def load_extras(path: Path) -> dict[str, Any]:
+    """A checkpoint's ``extra_rank_<r>.pt`` (iteration, RNG states, data position), loaded ``weights_only`` with
+    numpy arrays allowed (python's and numpy's RNG states are tuples holding one)."""
+    with torch.serialization.safe_globals(_NUMPY_ARRAY_GLOBALS):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise RuntimeError(
+                f"{path} holds objects a checkpoint's extras never hold; refusing to load it: {e}"
+            ) from e
 
 
 def save_teacher_checkpoint(

@@ -317,7 +317,7 @@ def _resume_or_load(
         logger.info("resumed from %s (iteration %d)", latest, extra["iteration"])
         return int(extra["iteration"]) + 1, extra
     if cfg.MODEL.WEIGHTS:
-        checkpointer.load(cfg.MODEL.WEIGHTS, model=model, restore_rng=False)
+        checkpointer.load(cfg.MODEL.WEIGHTS, model=model, restore_rng=False, model_only=True)
         logger.info("loaded the model (only) from MODEL.WEIGHTS=%s", cfg.MODEL.WEIGHTS)
     return 0, None
 

@@ -169,3 +169,54 @@ def test_save_teacher_checkpoint_format(tmp_path: Path) -> None:
     assert list(loaded) == ["teacher"] and loaded["teacher"].keys() == state.keys()
     assert all(torch.equal(loaded["teacher"][key], value) for key, value in state.items())
     assert [p.name for p in path.parent.iterdir()] == ["teacher_checkpoint.pth"]  # no temporary file left
+
+
+class _Payload:
+    """Unpickling it runs code: it creates the file ``marker`` (what an attacker's checkpoint would do)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _saved(tmp_path: Path) -> tuple[Checkpointer, Path]:
+    model, optimizer = _trained(1)
+    checkpointer = Checkpointer(tmp_path / "run")
+    return checkpointer, checkpointer.save(3, model=model, optimizer=optimizer)
+
+
+def test_a_planted_extras_payload_never_runs(tmp_path: Path) -> None:
+    checkpointer, path = _saved(tmp_path)
+    marker = tmp_path / "pwned"
+    torch.save({"iteration": 3, "evil": _Payload(marker)}, path / "extra_rank_0.pt")
+    model, optimizer = _trained(2)
+    with pytest.raises(RuntimeError, match="extra_rank_0.pt holds objects"):
+        checkpointer.load(path, model=model, optimizer=optimizer)
+    assert not marker.exists()
+    # Loading the model only (MODEL.WEIGHTS) does not read the extras at all, and works.
+    assert checkpointer.load(path, model=model, model_only=True) == {}
+    assert torch.equal(model.linear.weight, _trained(1)[0].linear.weight)
+    assert not marker.exists()
+
+
+def test_a_planted_metadata_payload_never_runs(tmp_path: Path) -> None:
+    import pickle
+
+    checkpointer, path = _saved(tmp_path)
+    marker = tmp_path / "pwned"
+    (path / ".metadata").write_bytes(pickle.dumps(_Payload(marker)))
+    model, optimizer = _trained(2)
+    for model_only in (False, True):
+        with pytest.raises(RuntimeError, match="not a readable DCP checkpoint metadata file"):
+            checkpointer.load(path, model=model, optimizer=optimizer, model_only=model_only)
+    assert not marker.exists()
+
+
+def test_own_checkpoints_still_load_weights_only(tmp_path: Path) -> None:
+    checkpointer, path = _saved(tmp_path)
+    model, optimizer = _trained(2)
+    extra = checkpointer.load(path, model=model, optimizer=optimizer)
+    assert extra["iteration"] == 3 and isinstance(extra["rng"]["numpy"][1], np.ndarray)
+    assert torch.equal(model.center, _trained(1)[0].center)
