@@ -22,6 +22,7 @@ from dinov2.eval.setup import eval_transform_from_args, run_cli, run_eval
 from dinov2.eval.setup import get_args_parser as get_setup_args_parser
 from dinov2.eval.utils import (
     ModelWithNormalize,
+    align_to_train_classes,
     all_gather_and_flatten,
     append_results,
     autocast_context,
@@ -350,7 +351,7 @@ def eval_knn_with_model(
     if transform is None:
         transform = make_classification_eval_transform()
     train_dataset = make_dataset(dataset_str=train_dataset_str, transform=transform)
-    val_dataset = make_dataset(dataset_str=val_dataset_str, transform=transform)
+    val_dataset = align_to_train_classes(make_dataset(dataset_str=val_dataset_str, transform=transform), train_dataset)
 
     with autocast_context(get_model_device(model), autocast_dtype):
         results_dict_knn = eval_knn(

@@ -25,7 +25,14 @@ from dinov2 import distributed
 from dinov2.eval.metrics import MetricType, build_metric
 from dinov2.eval.setup import eval_transform_from_args, run_cli, run_eval
 from dinov2.eval.setup import get_args_parser as get_setup_args_parser
-from dinov2.eval.utils import append_results, autocast_context, evaluate, extract_features, get_model_device
+from dinov2.eval.utils import (
+    align_to_train_classes,
+    append_results,
+    autocast_context,
+    evaluate,
+    extract_features,
+    get_model_device,
+)
 from dinov2.utils.dtype import as_torch_dtype
 
 logger = logging.getLogger("dinov2")
@@ -417,9 +424,13 @@ def eval_log_regression_with_model(
     if transform is None:
         transform = make_classification_eval_transform(resize_size=224)
     train_dataset = make_dataset(dataset_str=train_dataset_str, transform=transform)
-    val_dataset = make_dataset(dataset_str=val_dataset_str, transform=transform)
+    val_dataset = align_to_train_classes(make_dataset(dataset_str=val_dataset_str, transform=transform), train_dataset)
     finetune_dataset = (
-        make_dataset(dataset_str=finetune_dataset_str, transform=transform) if finetune_dataset_str else None
+        align_to_train_classes(
+            make_dataset(dataset_str=finetune_dataset_str, transform=transform), train_dataset, "the finetune set"
+        )
+        if finetune_dataset_str
+        else None
     )
     with autocast_context(get_model_device(model), autocast_dtype):
         results_dict = eval_log_regression(

@@ -25,6 +25,7 @@ logger = logging.getLogger("dinov2")
 
 __all__ = [
     "ModelWithNormalize",
+    "align_to_train_classes",
     "RawPixels",
     "ModelWithIntermediateLayers",
     "DatasetWithIndex",
@@ -48,6 +49,41 @@ class ModelWithNormalize(nn.Module):
 
     def forward(self, samples: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.model(samples), dim=1, p=2)  # [B, D]
+
+
+class _Relabeled(Dataset):
+    """``dataset`` with each target ``t`` replaced by ``mapping[t]``."""
+
+    def __init__(self, dataset: Dataset, mapping: list[int]) -> None:
+        self.dataset, self.mapping = dataset, mapping
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        sample, target = self.dataset[index]
+        return sample, self.mapping[target] if isinstance(target, int) and target >= 0 else target
+
+
+def align_to_train_classes(dataset: Dataset, train_dataset: Dataset, name: str = "the val set") -> Dataset:
+    """``dataset`` labelled with the training set's class indices, matched by class name.
+
+    Two class-folder datasets number their own sorted classes, so a val set lacking one training class would shift
+    every later label and score against the wrong classes. Datasets without class names are returned as they are;
+    a class the training set lacks is an error naming it.
+    """
+    train_classes, classes = getattr(train_dataset, "classes", None), getattr(dataset, "classes", None)
+    if not train_classes or not classes or list(classes) == list(train_classes):
+        return dataset
+    index = {name_: i for i, name_ in enumerate(train_classes)}
+    unknown = [class_ for class_ in classes if class_ not in index]
+    if unknown:
+        raise ValueError(
+            f"{name} has {len(unknown)} class(es) the training set lacks: {', '.join(map(str, unknown[:10]))}; "
+            "evaluate on classes the training set has (same class folder names)"
+        )
+    logger.info("%s: %d of the %d training classes, labels matched by class name", name, len(classes), len(index))
+    return _Relabeled(dataset, [index[class_] for class_ in classes])
 
 
 class RawPixels(nn.Module):

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset, Subset
 from dinov2.data import make_dataset
 from dinov2.data.transforms import make_classification_eval_transform
 from dinov2.eval.knn import KnnModule
-from dinov2.eval.utils import ModelWithNormalize, extract_features
+from dinov2.eval.utils import ModelWithNormalize, align_to_train_classes, extract_features
 
 __all__ = ["OnlineKnn"]
 
@@ -60,7 +60,7 @@ class OnlineKnn:
         transform = make_classification_eval_transform(resize_size=size, crop_size=size)
         bank = make_dataset(dataset_str=knn_cfg.train_dataset, transform=transform)
         queries = make_dataset(dataset_str=knn_cfg.val_dataset, transform=transform)
-        _check_same_classes(bank, queries)
+        queries = align_to_train_classes(queries, bank, "evaluation.online_knn.val_dataset")
         return cls(
             bank=_capped(bank, knn_cfg.max_train_samples, cfg.train.seed),
             queries=_capped(queries, knn_cfg.max_val_samples, cfg.train.seed + 1),
@@ -85,13 +85,3 @@ class OnlineKnn:
             labels = query_labels[start : start + self.batch_size]
             correct += int((scores.argmax(dim=1) == labels).sum())
         return 100.0 * correct / len(query_features)
-
-
-def _check_same_classes(bank: Dataset, queries: Dataset) -> None:
-    bank_classes, query_classes = getattr(bank, "classes", None), getattr(queries, "classes", None)
-    if bank_classes is not None and query_classes is not None and list(bank_classes) != list(query_classes):
-        raise ValueError(
-            f"online k-NN: the val classes {list(query_classes)[:10]} differ from the train classes "
-            f"{list(bank_classes)[:10]}; labels would be compared by index, not by name. Give two sets with the "
-            "same class folders"
-        )

@@ -52,9 +52,9 @@ def test_main_writes_results_for_a_teacher_on_an_image_folder(module, image_fold
         assert lines[0] == "iter: 2" and json.loads(lines[1])["best_classifier"]["name"].startswith("classifier_")
 
 
-def _knn_top1(path) -> float:
+def _knn_top1(path, k: int = 3) -> float:
     records = [json.loads(line) for line in path.read_text().splitlines()]
-    return next(r["('full', 3) Top 1"] for r in records if "('full', 3) Top 1" in r)
+    return next(r[f"('full', {k}) Top 1"] for r in records if f"('full', {k}) Top 1" in r)
 
 
 @pytest.mark.slow
@@ -99,3 +99,27 @@ def test_log_regression_rejects_a_bad_c_range():
     with pytest.raises(ValueError, match="COUNT"):
         log_regression._c_power_range(1.0, 0.0, 3)
     assert log_regression._c_power_range(-1, 1, 3).tolist() == [-1.0, 0.0, 1.0]
+
+
+@pytest.mark.slow
+def test_val_labels_follow_the_training_class_names(tmp_path, monkeypatch):
+    monkeypatch.setattr(dinov2.logging, "setup_logging", lambda **kwargs: None)
+    rng = np.random.default_rng(0)
+    for split, classes in (("train", ("a", "b", "c")), ("val", ("b", "c")), ("odd", ("c", "d"))):
+        for name in classes:
+            base = {"a": 20, "b": 120, "c": 230, "d": 60}[name]
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(4):
+                pixels = np.clip(base + rng.integers(-10, 10, size=(16, 16, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(tmp_path / split / name / f"{i}.png")
+    common = [
+        "--pretrained-weights", "raw-pixels", "--train-dataset", f"ImageFolder:root={tmp_path / 'train'}",
+        "--resize-size", "16", "--crop-size", "16", "--batch-size", "4", "--nb_knn", "1", "--num-workers", "0",
+    ]  # fmt: skip
+    out = tmp_path / "knn"
+    argv = [*common, "--val-dataset", f"ImageFolder:root={tmp_path / 'val'}", "--output-dir", str(out)]
+    assert knn.main(knn.get_args_parser().parse_args(argv)) == 0
+    assert _knn_top1(out / "results_eval_knn.json", 1) == pytest.approx(100.0)  # val's "b" is train's "b"
+    argv = [*common, "--val-dataset", f"ImageFolder:root={tmp_path / 'odd'}", "--output-dir", str(tmp_path / "k2")]
+    with pytest.raises(ValueError, match="1 class\\(es\\) the training set lacks: d"):
+        knn.main(knn.get_args_parser().parse_args(argv))
