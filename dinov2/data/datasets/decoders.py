@@ -16,20 +16,28 @@ class Decoder(ABC):
         """Returns the decoded object."""
 
 
+# Transparent pixels are shown on this background (as an image viewer on a white page shows them).
+BACKGROUND = (255, 255, 255)
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Converts any PIL mode to 8-bit RGB, fully decoding the image (so truncated files fail here, not later).
 
-    Palette images with transparency go through RGBA (as PIL recommends); 16/32-bit grayscale is rescaled to 8 bits
-    instead of being clipped at 255, which would turn most 16-bit images white.
+    Images with transparency (RGBA, LA, PA, palette or RGB/L with a transparent colour) are composited onto a
+    white background: dropping the alpha channel would expose whatever colours the transparent pixels happen to
+    store (often garbage left by the drawing tool). 16/32-bit grayscale is rescaled to 8 bits instead of being
+    clipped at 255, which would turn most 16-bit images white.
     """
-    if image.mode == "RGB":
+    if image.mode == "RGB" and "transparency" not in image.info:
         image.load()
         return image
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    elif image.mode.startswith("I;16") or image.mode == "I":
+    if image.mode.startswith("I;16") or image.mode == "I":
         values = np.asarray(image, dtype=np.int64)  # [H, W]
         image = Image.fromarray((np.clip(values, 0, 65535) // 257).astype(np.uint8))  # mode L
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
 
 

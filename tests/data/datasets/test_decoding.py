@@ -24,10 +24,23 @@ def test_grayscale_becomes_rgb_with_equal_channels() -> None:
     assert np.array_equal(np.asarray(out), np.full((5, 7, 3), 77, dtype=np.uint8))
 
 
-def test_rgba_drops_alpha() -> None:
-    rgba = Image.new("RGBA", (4, 3), (10, 20, 30, 40))
-    out = ImageDataDecoder(_encode(rgba, "PNG")).decode()
-    assert out.mode == "RGB" and out.getpixel((0, 0)) == (10, 20, 30)
+def test_rgba_is_composited_on_white() -> None:
+    pixels = np.zeros((3, 4, 4), dtype=np.uint8)  # [H, W, RGBA]
+    pixels[..., :3] = (200, 0, 0)  # red hidden in transparent pixels, as drawing tools leave it
+    pixels[0, 0] = (10, 20, 30, 255)  # one opaque pixel
+    pixels[0, 1] = (10, 20, 30, 40)  # one mostly transparent pixel
+    out = ImageDataDecoder(_encode(Image.fromarray(pixels, "RGBA"), "PNG")).decode()
+    assert out.mode == "RGB"
+    assert out.getpixel((0, 0)) == (10, 20, 30)
+    assert out.getpixel((3, 2)) == (255, 255, 255)  # transparent: the background, not the hidden red
+    blended = out.getpixel((1, 0))
+    expected = [round(c * 40 / 255 + 255 * (1 - 40 / 255)) for c in (10, 20, 30)]
+    assert all(abs(v - e) <= 1 for v, e in zip(blended, expected))
+
+
+def test_gray_with_alpha_is_composited_too() -> None:
+    la = Image.fromarray(np.stack([np.full((2, 2), 50, np.uint8), np.zeros((2, 2), np.uint8)], -1), "LA")
+    assert ImageDataDecoder(_encode(la, "PNG")).decode().getpixel((0, 0)) == (255, 255, 255)
 
 
 def test_palette_with_transparency() -> None:
