@@ -354,7 +354,8 @@ def write_report(output_dir: Path, report: dict[str, Any]) -> str:
         f"# Main job: DINOv2 pretraining on {r['dataset']}",
         "",
         f"- data: {r['train_size']} pretraining images, {r['num_classes']} classes; evaluation bank "
-        f"{r['bank_size']} training images ({r['knn_train_per_class']} per class), {r['val_size']} val images",
+        f"{r['bank_size']} training images (the first {r['knn_train_per_class']} or fewer of each class), "
+        f"{r['val_size']} val images",
         f"- training: `{r['config_file']}` {' '.join(r['overrides'])} -> {r['iterations']} iterations in "
         f"{r['train_seconds'] / 60:.1f} min (budget {r['budget_minutes']:g} min); run folder `{r['train_dir']}`",
         f"- k-NN: cosine on mean-centred features, k={KNN_K}, T={KNN_T}; logistic regression: L-BFGS, C swept over "

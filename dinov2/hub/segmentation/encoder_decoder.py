@@ -1,5 +1,7 @@
 """Backbone + linear segmentation head with the released heads' test-time procedure (no mmseg)."""
 
+import logging
+import time
 from collections.abc import Sequence
 from typing import Literal
 
@@ -11,6 +13,8 @@ from dinov2.hub.depth.ops import center_pad, resize, sliding_window_inference
 from .decode_heads import BNHead
 
 __all__ = ["SegmentationEncoderDecoder", "resize_short_side"]
+
+logger = logging.getLogger("dinov2")
 
 
 def resize_short_side(img: torch.Tensor, short_side: int) -> torch.Tensor:
@@ -114,15 +118,26 @@ class SegmentationEncoderDecoder(nn.Module):
             raise ValueError("scales is empty; use at least one ratio, e.g. scales=(1.0,)")
         size = img.shape[2:]
         probs = None
-        for ratio in self.scales:
+        passes = [(ratio, flipped) for ratio in self.scales for flipped in ((False, True) if self.flip else (False,))]
+        start = time.perf_counter()
+        for done, (ratio, flipped) in enumerate(passes, start=1):
             scaled = img if self.short_side is None else resize_short_side(img, int(self.short_side * ratio))
-            for flipped in (False, True) if self.flip else (False,):
-                x = scaled.flip(dims=(3,)) if flipped else scaled
-                logits = resize(self.inference(x), size=size, mode="bilinear", align_corners=self.align_corners)
-                p = torch.softmax(logits, dim=1)  # [B, K, H, W]
-                p = p.flip(dims=(3,)) if flipped else p
-                probs = p if probs is None else probs + p
-        return probs / (len(self.scales) * (2 if self.flip else 1))
+            x = scaled.flip(dims=(3,)) if flipped else scaled
+            logits = resize(self.inference(x), size=size, mode="bilinear", align_corners=self.align_corners)
+            p = torch.softmax(logits, dim=1)  # [B, K, H, W]
+            p = p.flip(dims=(3,)) if flipped else p
+            probs = p if probs is None else probs + p
+            if len(passes) > 1:  # multi-scale inference is slow on a CPU: show that it progresses
+                logger.info(
+                    "segmentation pass %d/%d (scale %.2f%s, %s px): %.0f s elapsed",
+                    done,
+                    len(passes),
+                    ratio,
+                    ", flipped" if flipped else "",
+                    "x".join(map(str, x.shape[2:])),
+                    time.perf_counter() - start,
+                )
+        return probs / len(passes)
 
     def predict(self, img: torch.Tensor) -> torch.Tensor:
         """Class map ``[B, H, W]`` (int64) at the input size."""
