@@ -56,11 +56,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None, help="default: fp32 on CPU")
     parser.add_argument("--matmul-size", type=int, default=None, help="square matmul for the peak (default 2048/8192)")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the backbones (train.compile); warm-up time is printed"
+    )
     return parser
 
 
-def _config(case: str, batch_size: int, precision: str, output_dir: str):
+def _config(case: str, batch_size: int, precision: str, output_dir: str, compile_: bool = False):
     opts = [f"train.batch_size_per_gpu={batch_size}", "student.drop_path_rate=0.0", *CASE_OPTS.get(case, [])]
+    opts.append(f"train.compile={compile_}")
     opts += [
         f"compute_precision.{m}.{p}.mixed_precision.param_dtype={precision}"
         for m in ("student", "teacher")
@@ -150,8 +154,10 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB; the process's peak RSS
 
 
-def benchmark_case(case: str, batch_size: int, precision: str, iterations: int, warmup: int) -> dict:
-    cfg = _config(case, batch_size, precision, tempfile.gettempdir())  # nothing is written there
+def benchmark_case(
+    case: str, batch_size: int, precision: str, iterations: int, warmup: int, compile_: bool = False
+) -> dict:
+    cfg = _config(case, batch_size, precision, tempfile.gettempdir(), compile_)  # nothing is written there
     torch.manual_seed(0)
     model = SSLMetaArch(cfg)
     model.prepare_for_distributed_training()
@@ -163,6 +169,7 @@ def benchmark_case(case: str, batch_size: int, precision: str, iterations: int, 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = []
+    warmup_start = time.perf_counter()
     for step in range(warmup + iterations):
         _synchronize(device)
         start = time.perf_counter()
@@ -170,6 +177,8 @@ def benchmark_case(case: str, batch_size: int, precision: str, iterations: int, 
         _synchronize(device)
         if step >= warmup:
             times.append(time.perf_counter() - start)
+        elif step == warmup - 1:
+            warmup_seconds = time.perf_counter() - warmup_start
     seconds = float(np.median(times))
     return {
         "case": case,
@@ -179,6 +188,7 @@ def benchmark_case(case: str, batch_size: int, precision: str, iterations: int, 
         "images_per_s": batch_size * distributed.get_global_size() / seconds,
         "flop_per_step": _step_flops(model, batch, cfg),
         "peak_mem_mb": _peak_memory_mb(device),
+        "warmup_s": warmup_seconds if warmup > 0 else 0.0,
     }
 
 
@@ -195,19 +205,22 @@ def main(argv: list[str] | None = None) -> None:
         f"matmul peak ({matmul_size}^2 {precision}) {peak / 1e12:.3f} TFLOP/s"
     )
     header = (
-        f"{'case':8} {'batch':>5} {'s/step':>8} {'it/s':>7} {'img/s':>8} {'TFLOP/step':>10} {'MFU':>6} {'peak MB':>8}"
+        f"{'case':8} {'batch':>5} {'s/step':>8} {'it/s':>7} {'img/s':>8} {'TFLOP/step':>10} {'MFU':>6} {'peak MB':>8} "
+        f"{'warm-up s':>9}"
     )
     print(header)
     for case in args.cases:
         # Each case in its own process, so its peak memory is its own (the process-wide peak RSS never goes down).
         with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            future = pool.submit(benchmark_case, case, batch_size, precision, args.iterations, args.warmup)
+            future = pool.submit(
+                benchmark_case, case, batch_size, precision, args.iterations, args.warmup, args.compile
+            )
             result = future.result()
         mfu = result["flop_per_step"] / result["step_s"] / peak
         print(
             f"{case:8} {result['batch']:>5} {result['step_s']:>8.3f} {result['it_per_s']:>7.3f} "
             f"{result['images_per_s']:>8.2f} {result['flop_per_step'] / 1e12:>10.4f} {mfu:>6.1%} "
-            f"{result['peak_mem_mb']:>8.0f}"
+            f"{result['peak_mem_mb']:>8.0f} {result['warmup_s']:>9.1f}"
         )
 
 

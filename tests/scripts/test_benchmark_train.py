@@ -11,5 +11,5 @@ def test_benchmark_train_prints_a_row_per_case(load_script, capsys: pytest.Captu
     rows = {line.split()[0]: line.split() for line in lines[2:]}
     assert set(rows) == {"tiny", "small"}
     for row in rows.values():
-        seconds, peak_mb = float(row[2]), float(row[-1])
-        assert seconds > 0 and peak_mb > 50
+        seconds = float(row[2])
+        assert seconds > 0 and float(row[-2]) > 50  # peak MB; the last column is the warm-up time
