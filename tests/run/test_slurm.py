@@ -22,6 +22,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 # A short CPU training: 4 "epochs" of 10 iterations, a periodic checkpoint at 20, teacher exports at 20 and 40.
 TRAIN_OPTS = (
+    "student.depth=4",  # a quarter of ViT-Ti's blocks: the jobs' seconds go to SLURM, not to matmuls
     "train.batch_size_per_gpu=4",
     "train.num_workers=1",  # a data-loader worker, which receives the job's signals too
     "train.OFFICIAL_EPOCH_LENGTH=10",
@@ -160,7 +161,8 @@ def test_two_cpu_tasks_train_with_world_size_two(slurm: None, images: Path, tmp_
     job_id = _submit("dinov2/run/train/train.py", *_train_args(out, images, "--tasks-per-node", "2"))
     assert _wait_done(job_id) == "COMPLETED", _job_logs(out, job_id)
     assert (out / "logs" / "log.txt.rank1").is_file()
-    assert "Running 2 tasks" in _job_logs(out, job_id)
+    assert "global_rank=1(2)" in _job_logs(out, job_id)  # submitit saw two tasks ...
+    assert "sqrt(8 / 1024)" in (out / "logs" / "log.txt").read_text()  # ... and training a global batch of 2 x 4
     assert max(_iterations(out / "training_metrics.json")) == 39
 
 
