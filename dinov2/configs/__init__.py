@@ -9,6 +9,8 @@ import pathlib
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from dinov2.utils.errors import ConfigError, MissingPathError
+
 __all__ = ["load_config", "dinov2_default_config", "load_and_merge_config", "available_configs"]
 
 _CONFIGS_DIR = pathlib.Path(__file__).parent.resolve()
@@ -24,9 +26,7 @@ def load_config(config_name: str) -> DictConfig:
     name = config_name[: -len(".yaml")] if config_name.endswith(".yaml") else config_name
     path = _CONFIGS_DIR / f"{name}.yaml"
     if not path.is_file():
-        raise FileNotFoundError(
-            f"no packaged config named {config_name!r}; available: {', '.join(available_configs())}"
-        )
+        raise MissingPathError(f"no packaged config named {config_name!r}; available: {', '.join(available_configs())}")
     return OmegaConf.load(path)
 
 
@@ -42,16 +42,23 @@ def merge_strict(base: DictConfig, *overrides: DictConfig, source: str = "overri
     """``OmegaConf.merge(base, *overrides)`` on a copy of ``base``, refusing keys that ``base`` does not have.
 
     The result is in struct mode, so reading or setting a misspelt key later raises too. An unknown key raises
-    ValueError naming the key, where it came from (``source``) and the closest existing keys.
+    ConfigError naming the key, where it came from (``source``) and the closest existing keys; so does a value
+    whose type differs from the default's, or a count, rate or probability out of range (see ``checks``).
     """
+    from dinov2.configs.checks import check_ranges, check_types
+
     merged = OmegaConf.create(base)
     valid_keys = _flat_keys(merged)
     for override in overrides:
         unknown = _unknown_keys(merged, override)
         if unknown:
-            raise ValueError(_unknown_keys_message(unknown, valid_keys, source))
+            raise ConfigError(_unknown_keys_message(unknown, valid_keys, source))
+        if isinstance(override, DictConfig):
+            check_types(merged, override, source)
     OmegaConf.set_struct(merged, True)
-    return OmegaConf.merge(merged, *overrides)
+    merged = OmegaConf.merge(merged, *overrides)
+    check_ranges(merged)
+    return merged
 
 
 def _flat_keys(cfg: DictConfig, prefix: str = "") -> list[str]:

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from dinov2 import distributed
 from dinov2.eval.metrics import AccuracyAveraging, build_topk_accuracy_metric
-from dinov2.eval.setup import eval_transform_from_args, run_cli, run_eval
+from dinov2.eval.setup import eval_transform_from_args, run_eval
 from dinov2.eval.setup import get_args_parser as get_setup_args_parser
 from dinov2.eval.utils import (
     ModelWithNormalize,
@@ -31,6 +31,8 @@ from dinov2.eval.utils import (
     get_model_device,
     make_inference_data_loader,
 )
+from dinov2.utils.cli import run_cli
+from dinov2.utils.errors import ConfigError
 
 logger = logging.getLogger("dinov2")
 
@@ -115,9 +117,9 @@ class KnnModule(nn.Module):
     ) -> None:
         super().__init__()
         if not nb_knn or min(nb_knn) < 1:
-            raise ValueError(f"nb_knn={list(nb_knn)} must be a non-empty list of positive integers")
+            raise ConfigError(f"nb_knn={list(nb_knn)} must be a non-empty list of positive integers")
         if T <= 0:
-            raise ValueError(f"temperature T={T} must be > 0")
+            raise ConfigError(f"temperature T={T} must be > 0")
         self.global_rank = distributed.get_global_rank()
         self.global_size = distributed.get_global_size()
         device = train_features.device if device is None else device
@@ -402,4 +404,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    run_cli(main, get_args_parser, "DINOv2 k-NN evaluation")
+    run_cli(main, get_args_parser(description="DINOv2 k-NN evaluation"))

@@ -16,14 +16,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from fvcore.common.checkpoint import Checkpointer, PeriodicCheckpointer
+from fvcore.common import checkpoint as fvcore_checkpoint
+from fvcore.common.checkpoint import PeriodicCheckpointer
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from dinov2 import distributed
 from dinov2.eval.metrics import MetricType, build_metric
-from dinov2.eval.setup import eval_transform_from_args, run_cli, run_eval
+from dinov2.eval.setup import eval_transform_from_args, run_eval
 from dinov2.eval.setup import get_args_parser as get_setup_args_parser
 from dinov2.eval.utils import (
     ModelWithIntermediateLayers,
@@ -33,9 +34,22 @@ from dinov2.eval.utils import (
     get_model_device,
     make_inference_data_loader,
 )
+from dinov2.utils.cli import run_cli
+from dinov2.utils.errors import ConfigError
 from dinov2.utils.signals import Stopped, StopRequest, signal_name
 
 logger = logging.getLogger("dinov2")
+
+
+class Checkpointer(fvcore_checkpoint.Checkpointer):
+    """fvcore's checkpointer (the heads, SGD and scheduler states in one file per period, ``last_checkpoint``
+    pointing at the newest: all this small eval needs), reading files weights-only like every other load."""
+
+    def _load_file(self, f: str) -> dict:
+        from dinov2.models.weights import load_checkpoint_file
+
+        return load_checkpoint_file(f)
+
 
 __all__ = [
     "DEFAULT_LEARNING_RATES",
@@ -586,13 +600,13 @@ def run_eval_linear(
     if test_metric_types is None:
         test_metric_types = [val_metric_type] * len(test_dataset_strs)
     if len(test_metric_types) != len(test_dataset_strs):
-        raise ValueError(
+        raise ConfigError(
             f"{len(test_metric_types)} --test-metric-types for {len(test_dataset_strs)} --test-datasets; give one each"
         )
     if len(test_class_mapping_fpaths) == 1:
         test_class_mapping_fpaths = list(test_class_mapping_fpaths) * len(test_dataset_strs)
     if len(test_class_mapping_fpaths) != len(test_dataset_strs):
-        raise ValueError(
+        raise ConfigError(
             f"{len(test_class_mapping_fpaths)} --test-class-mapping-fpaths for {len(test_dataset_strs)} test sets"
         )
     os.makedirs(output_dir, exist_ok=True)
@@ -698,4 +712,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    run_cli(main, get_args_parser, "DINOv2 linear evaluation")
+    run_cli(main, get_args_parser(description="DINOv2 linear evaluation"))

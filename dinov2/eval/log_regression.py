@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from dinov2 import distributed
 from dinov2.eval.metrics import MetricType, build_metric
-from dinov2.eval.setup import eval_transform_from_args, run_cli, run_eval
+from dinov2.eval.setup import eval_transform_from_args, run_eval
 from dinov2.eval.setup import get_args_parser as get_setup_args_parser
 from dinov2.eval.utils import (
     align_to_train_classes,
@@ -33,7 +33,9 @@ from dinov2.eval.utils import (
     extract_features,
     get_model_device,
 )
+from dinov2.utils.cli import run_cli
 from dinov2.utils.dtype import as_torch_dtype
+from dinov2.utils.errors import ConfigError
 
 logger = logging.getLogger("dinov2")
 
@@ -118,7 +120,7 @@ class LogRegModule(nn.Module):
     ) -> None:
         super().__init__()
         if C <= 0:
-            raise ValueError(f"C={C} must be > 0 (it is the inverse of the regularisation strength)")
+            raise ConfigError(f"C={C} must be > 0 (it is the inverse of the regularisation strength)")
         self.C = float(C)
         self.max_iter = max_iter
         self.dtype = dtype
@@ -478,9 +480,9 @@ def main(args: argparse.Namespace) -> int:
 
 def _c_power_range(start: float, stop: float, count: float) -> torch.Tensor:
     if count != int(count) or count < 1 or start > stop:
-        raise ValueError(f"--c-power-range {start} {stop} {count}: need START <= STOP and a whole COUNT >= 1")
+        raise ConfigError(f"--c-power-range {start} {stop} {count}: need START <= STOP and a whole COUNT >= 1")
     return torch.linspace(start, stop, int(count))
 
 
 if __name__ == "__main__":
-    run_cli(main, get_args_parser, "DINOv2 logistic regression evaluation")
+    run_cli(main, get_args_parser(description="DINOv2 logistic regression evaluation"))

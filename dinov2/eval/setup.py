@@ -3,14 +3,14 @@
 import argparse
 import logging
 import os
-import sys
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 from torch import nn
 
 from dinov2.utils.dtype import as_torch_dtype
+from dinov2.utils.errors import ConfigError
 
 logger = logging.getLogger("dinov2")
 
@@ -23,7 +23,6 @@ __all__ = [
     "setup_and_build_model",
     "eval_transform_from_args",
     "run_eval",
-    "run_cli",
 ]
 
 # Values of --pretrained-weights for the two baselines: a randomly initialised backbone, and the pixels themselves.
@@ -63,43 +62,36 @@ def build_model_for_eval(
 
     Loading goes through ``load_pretrained_weights``, which is strict about backbone keys, so a partly random
     backbone cannot slip through (the reference loaded with ``strict=False``). Pass ``"random"`` to evaluate the
-    random initialisation deliberately, ``"raw-pixels"`` for the pixel baseline. ``from_export`` builds the
-    architecture from the ``backbone_args`` a training export carries instead of from ``config``.
+    random initialisation deliberately, ``"raw-pixels"`` for the pixel baseline. With ``from_export``, a training
+    export that carries ``backbone_args`` gets the architecture they describe instead of ``config``'s. The file is
+    read once.
     """
     # Imported here so the metric and k-NN helpers stay usable without building the model stack.
     from dinov2.eval.utils import RawPixels
     from dinov2.models import build_model_from_backbone_args, build_model_from_cfg
-    from dinov2.utils.utils import load_pretrained_weights
+    from dinov2.models.weights import load_pretrained_weights, load_state_dict_from_url_or_path
 
     if not pretrained_weights:
-        raise ValueError(
+        raise ConfigError(
             "no --pretrained-weights given; pass the teacher checkpoint (e.g. <train output>/eval/training_<it>/"
             f"teacher_checkpoint.pth), '{RANDOM_WEIGHTS}' for a random-init baseline or '{RAW_PIXELS}' for pixels"
         )
     if pretrained_weights == RAW_PIXELS:
         return RawPixels()
-    if from_export:
-        model = build_model_from_backbone_args(export_backbone_args(pretrained_weights))
+    checkpoint = None if pretrained_weights == RANDOM_WEIGHTS else load_state_dict_from_url_or_path(pretrained_weights)
+    export_args = checkpoint.get("backbone_args") if checkpoint is not None else None
+    if from_export and isinstance(export_args, dict):
+        model = build_model_from_backbone_args(export_args)
     else:
         model, _ = build_model_from_cfg(config, only_teacher=True)
-    if pretrained_weights == RANDOM_WEIGHTS:
+    if checkpoint is None:
         logger.warning("--pretrained-weights %s: evaluating a randomly initialised backbone", RANDOM_WEIGHTS)
     else:
-        load_pretrained_weights(model, pretrained_weights, "teacher")
+        load_pretrained_weights(model, checkpoint, "teacher", name=pretrained_weights)
     model.eval()
     if device is not None:
         model.to(device)
     return model
-
-
-def export_backbone_args(pretrained_weights: str) -> dict[str, Any] | None:
-    """The ``backbone_args`` a teacher export carries (None for other files and the special values)."""
-    if pretrained_weights in (RANDOM_WEIGHTS, RAW_PIXELS, "", None):
-        return None
-    from dinov2.hub.utils import load_state_dict_from_url_or_path
-
-    args = load_state_dict_from_url_or_path(pretrained_weights).get("backbone_args")
-    return args if isinstance(args, dict) else None
 
 
 def _setup(args: argparse.Namespace):
@@ -127,8 +119,7 @@ def setup_and_build_model(args: argparse.Namespace) -> tuple[nn.Module, torch.dt
     config = _setup(args)
     device = distributed.get_device()
     # Without --config-file, an export that describes its backbone builds that backbone (not the default ViT-L).
-    from_export = not args.config_file and export_backbone_args(args.pretrained_weights) is not None
-    model = build_model_for_eval(config, args.pretrained_weights, device=device, from_export=from_export)
+    model = build_model_for_eval(config, args.pretrained_weights, device=device, from_export=not args.config_file)
     autocast_dtype = get_autocast_dtype(config)
     if device.type == "cpu" and autocast_dtype != torch.float32:
         logger.info("running on CPU: evaluating in float32 instead of %s", autocast_dtype)
@@ -161,19 +152,3 @@ def run_eval(args: argparse.Namespace, eval_with_model: Callable[..., Any], **ev
         **eval_kwargs,
     )
     return 0
-
-
-def run_cli(
-    main: Callable[[argparse.Namespace], int],
-    get_args_parser: Callable[..., argparse.ArgumentParser],
-    description: str,
-) -> NoReturn:
-    """``python -m dinov2.eval.<name>``: parses the command line, runs ``main`` and exits with its status (0 after a
-    stop signal, once the checkpoint to resume from is saved)."""
-    from dinov2.utils.signals import Stopped
-
-    try:
-        status = main(get_args_parser(description=description).parse_args())
-    except Stopped:
-        status = 0
-    sys.exit(status)

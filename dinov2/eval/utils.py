@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from dinov2 import distributed
 from dinov2.logging import FILE_ONLY
+from dinov2.utils.errors import DataError
 from dinov2.utils.signals import ignore_stop_signals
 
 logger = logging.getLogger("dinov2")
@@ -78,7 +79,7 @@ def align_to_train_classes(dataset: Dataset, train_dataset: Dataset, name: str =
     index = {name_: i for i, name_ in enumerate(train_classes)}
     unknown = [class_ for class_ in classes if class_ not in index]
     if unknown:
-        raise ValueError(
+        raise DataError(
             f"{name} has {len(unknown)} class(es) the training set lacks: {', '.join(map(str, unknown[:10]))}; "
             "evaluate on classes the training set has (same class folder names)"
         )
@@ -302,7 +303,7 @@ def extract_features_with_dataloader(
             all_labels.index_copy_(0, index_all, labels_all)
         progress.step(i)
     if features is None:
-        raise RuntimeError("the data loader yielded no batch; is the dataset empty?")
+        raise DataError("the data loader yielded no batch; is the dataset empty?")
     extra = None if console else FILE_ONLY
     logger.info("Features shape: %s", tuple(features.shape), extra=extra)
     logger.info("Labels shape: %s", tuple(all_labels.shape), extra=extra)

@@ -8,6 +8,8 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from dinov2.utils.errors import WeightsError
+
 logger = logging.getLogger("dinov2")
 
 _E = TypeVar("_E", bound=Enum)
@@ -43,9 +45,9 @@ def extract_head_state_dict(
         elif not key.startswith("backbone."):
             foreign.append(key)
     if foreign:
-        raise RuntimeError(f"{source} has keys outside '{prefix}*' and 'backbone.*': {sorted(foreign)[:10]}")
+        raise WeightsError(f"{source} has keys outside '{prefix}*' and 'backbone.*': {sorted(foreign)[:10]}")
     if not head:
-        raise RuntimeError(f"{source} holds no '{prefix}*' weights; is it a head checkpoint of the released layout?")
+        raise WeightsError(f"{source} holds no '{prefix}*' weights; is it a head checkpoint of the released layout?")
     return head
 
 
@@ -54,7 +56,7 @@ def load_head_weights(head: nn.Module, url_or_path: str, *, prefix: str | None =
 
     ``prefix=None`` loads a plain state dict as is (the ImageNet linear heads hold ``weight`` and ``bias``).
     """
-    from dinov2.hub.utils import load_state_dict_from_url_or_path
+    from dinov2.models.weights import load_state_dict_from_url_or_path
 
     checkpoint = load_state_dict_from_url_or_path(url_or_path)
     if prefix is None:
@@ -64,7 +66,7 @@ def load_head_weights(head: nn.Module, url_or_path: str, *, prefix: str | None =
     try:
         head.load_state_dict(state_dict, strict=True)
     except RuntimeError as error:
-        raise RuntimeError(
+        raise WeightsError(
             f"Head weights from {url_or_path} do not fit the {type(head).__name__} built: {error}"
         ) from error
     logger.info("Loaded head weights from %s", url_or_path)

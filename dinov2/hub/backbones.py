@@ -5,7 +5,7 @@ from pathlib import Path
 
 from torch import nn
 
-from .utils import _DINOV2_BASE_URL, _is_url, _make_dinov2_model_name
+from .utils import _DINOV2_BASE_URL, _make_dinov2_model_name
 
 __all__ = [
     "Weights",
@@ -32,7 +32,9 @@ def _resolve_weights(weights: "Weights | str") -> Weights | str:
         raise TypeError(f"weights must be a Weights member, its name, a path or a URL; got {type(weights).__name__}")
     if weights in Weights.__members__:
         return Weights[weights]
-    if _is_url(weights):
+    from dinov2.models.weights import is_url
+
+    if is_url(weights):
         return weights
     if Path(weights).expanduser().is_file():
         return weights
@@ -45,11 +47,9 @@ def _resolve_weights(weights: "Weights | str") -> Weights | str:
 _EXPORT_ARG_NAMES = {"layerscale": "init_values"}
 
 
-def _export_backbone_args(weights: str) -> dict[str, object]:
+def _export_backbone_args(checkpoint: dict) -> dict[str, object]:
     """The ``backbone_args`` a training export carries (renamed for the ViT factories), or {} for other files."""
-    from .utils import load_state_dict_from_url_or_path
-
-    args = load_state_dict_from_url_or_path(weights).get("backbone_args")
+    args = checkpoint.get("backbone_args")
     if not isinstance(args, dict):
         return {}
     renamed = {_EXPORT_ARG_NAMES.get(key, key): value for key, value in args.items()}
@@ -79,7 +79,7 @@ def _make_dinov2_model(
     teacher exported by training carries ``backbone_args`` (arch, patch and image size, LayerScale, ...), which
     replace the defaults, so the matching model is built."""
     from dinov2.models import vision_transformer as vits
-    from dinov2.utils.utils import load_pretrained_weights
+    from dinov2.models.weights import load_pretrained_weights, load_state_dict_from_url_or_path
 
     weights = _resolve_weights(weights)
     vit_kwargs = dict(
@@ -92,9 +92,11 @@ def _make_dinov2_model(
         interpolate_antialias=interpolate_antialias,
         interpolate_offset=interpolate_offset,
     )
+    checkpoint = None
     if pretrained and isinstance(weights, str):
+        checkpoint = load_state_dict_from_url_or_path(weights)
         # A teacher exported by training says which backbone it fits; that replaces the entrypoint's defaults.
-        export_args = _export_backbone_args(weights)
+        export_args = _export_backbone_args(checkpoint)
         if export_args:
             arch_name = str(export_args.pop("arch"))
             vit_kwargs.update(export_args)
@@ -109,10 +111,11 @@ def _make_dinov2_model(
         if isinstance(weights, Weights):
             model_base_name = _make_dinov2_model_name(arch_name, patch_size)
             model_full_name = _make_dinov2_model_name(arch_name, patch_size, num_register_tokens)
-            source = f"{_DINOV2_BASE_URL}/{model_base_name}/{model_full_name}_pretrain.pth"
+            load_pretrained_weights(
+                model, f"{_DINOV2_BASE_URL}/{model_base_name}/{model_full_name}_pretrain.pth", checkpoint_key="teacher"
+            )
         else:
-            source = weights
-        load_pretrained_weights(model, source, checkpoint_key="teacher")
+            load_pretrained_weights(model, checkpoint, checkpoint_key="teacher", name=weights)
     return model
 
 
@@ -134,7 +137,7 @@ def dinov2_vitl14(*, pretrained: bool = True, weights: Weights | str = Weights.L
 def dinov2_vitg14(*, pretrained: bool = True, weights: Weights | str = Weights.LVD142M, **kwargs: object) -> nn.Module:
     """DINOv2 ViT-g/14 (1,100M parameters) pretrained on LVD-142M."""
     return _make_dinov2_model(
-        arch_name="vit_giant2", ffn_layer="swiglufused", weights=weights, pretrained=pretrained, **kwargs
+        arch_name="vit_giant2", weights=weights, pretrained=pretrained, **{"ffn_layer": "swiglufused", **kwargs}
     )
 
 
@@ -169,8 +172,7 @@ def dinov2_vitg14_reg(
     """DINOv2 ViT-g/14 with 4 registers, pretrained on LVD-142M."""
     return _make_dinov2_model(
         arch_name="vit_giant2",
-        ffn_layer="swiglufused",
         pretrained=pretrained,
         weights=weights,
-        **_reg_kwargs(kwargs),
+        **_reg_kwargs({"ffn_layer": "swiglufused", **kwargs}),
     )

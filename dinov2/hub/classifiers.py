@@ -40,12 +40,16 @@ def _make_dinov2_linear_classification_head(
     pretrained: bool = True,
     weights: Weights | str = Weights.IMAGENET1K,
     num_register_tokens: int = 0,
+    head_weights: str | None = None,
 ) -> nn.Linear:
-    """``nn.Linear((1 + layers) * embed_dim, 1000)``, loaded strictly from the released file if pretrained."""
+    """``nn.Linear((1 + layers) * embed_dim, 1000)``, loaded strictly if pretrained: from ``head_weights`` (a path
+    or URL) when given, else from the released file."""
     _check_layers(layers)
     parse_weights(weights, Weights)
     linear_head = nn.Linear((1 + layers) * embed_dim, _NUM_CLASSES)
-    if pretrained:
+    if head_weights:  # a head file of the user's, whether or not the backbone is pretrained
+        load_head_weights(linear_head, head_weights, prefix=None)
+    elif pretrained:
         from .utils import _DINOV2_BASE_URL, _make_dinov2_model_name
 
         model_base_name = _make_dinov2_model_name(arch_name, patch_size)
@@ -96,9 +100,11 @@ def _make_dinov2_linear_classifier(
     num_register_tokens: int = 0,
     interpolate_antialias: bool = False,
     interpolate_offset: float = 0.1,
+    head_weights: str | None = None,
     **kwargs,
 ) -> _LinearClassifierWrapper:
-    """Backbone (``_make_dinov2_model``, random too when not pretrained) + linear head; ``kwargs`` go to the ViT."""
+    """Backbone (``_make_dinov2_model``, random too when not pretrained) + linear head (from ``head_weights``, a
+    path or URL, when given); ``kwargs`` go to the ViT."""
     from .backbones import _make_dinov2_model
 
     _check_layers(layers)
@@ -119,6 +125,7 @@ def _make_dinov2_linear_classifier(
         pretrained=pretrained,
         weights=weights,
         num_register_tokens=num_register_tokens,
+        head_weights=head_weights,
     )
     return _LinearClassifierWrapper(backbone=backbone, linear_head=linear_head, layers=layers)
 
@@ -158,7 +165,11 @@ def dinov2_vitg14_lc(
 ) -> _LinearClassifierWrapper:
     """Linear classifier (ImageNet-1k) on DINOv2 ViT-g/14."""
     return _make_dinov2_linear_classifier(
-        arch_name="vit_giant2", layers=layers, ffn_layer="swiglufused", pretrained=pretrained, weights=weights, **kwargs
+        arch_name="vit_giant2",
+        layers=layers,
+        pretrained=pretrained,
+        weights=weights,
+        **{"ffn_layer": "swiglufused", **kwargs},
     )
 
 
@@ -167,7 +178,7 @@ def dinov2_vits14_reg_lc(
 ) -> _LinearClassifierWrapper:
     """Linear classifier (ImageNet-1k) on DINOv2 ViT-S/14 with registers."""
     return _make_dinov2_linear_classifier(
-        arch_name="vit_small", layers=layers, pretrained=pretrained, weights=weights, **_REGISTERS, **kwargs
+        arch_name="vit_small", layers=layers, pretrained=pretrained, weights=weights, **{**_REGISTERS, **kwargs}
     )
 
 
@@ -176,7 +187,7 @@ def dinov2_vitb14_reg_lc(
 ) -> _LinearClassifierWrapper:
     """Linear classifier (ImageNet-1k) on DINOv2 ViT-B/14 with registers."""
     return _make_dinov2_linear_classifier(
-        arch_name="vit_base", layers=layers, pretrained=pretrained, weights=weights, **_REGISTERS, **kwargs
+        arch_name="vit_base", layers=layers, pretrained=pretrained, weights=weights, **{**_REGISTERS, **kwargs}
     )
 
 
@@ -185,7 +196,7 @@ def dinov2_vitl14_reg_lc(
 ) -> _LinearClassifierWrapper:
     """Linear classifier (ImageNet-1k) on DINOv2 ViT-L/14 with registers."""
     return _make_dinov2_linear_classifier(
-        arch_name="vit_large", layers=layers, pretrained=pretrained, weights=weights, **_REGISTERS, **kwargs
+        arch_name="vit_large", layers=layers, pretrained=pretrained, weights=weights, **{**_REGISTERS, **kwargs}
     )
 
 
@@ -196,9 +207,7 @@ def dinov2_vitg14_reg_lc(
     return _make_dinov2_linear_classifier(
         arch_name="vit_giant2",
         layers=layers,
-        ffn_layer="swiglufused",
         pretrained=pretrained,
         weights=weights,
-        **_REGISTERS,
-        **kwargs,
+        **{"ffn_layer": "swiglufused", **_REGISTERS, **kwargs},
     )

@@ -106,6 +106,7 @@ def _build_depther(
     num_register_tokens: int,
     interpolate_antialias: bool,
     interpolate_offset: float,
+    head_weights: str | None = None,
     **kwargs: Any,
 ) -> DepthEncoderDecoder:
     from .backbones import _make_dinov2_model
@@ -113,10 +114,10 @@ def _build_depther(
 
     weights = parse_weights(weights, Weights)
     out_index = _out_index(arch_name, layers)
-    if pretrained and num_register_tokens:
+    if pretrained and num_register_tokens and not head_weights:
         raise RuntimeError(
             "No depth head weights were released for the register backbones; build it with pretrained=False "
-            "(random backbone and head) and train or load your own head"
+            "(random backbone and head), or pass your own head file with head_weights=<path or URL>"
         )
     min_depth, max_depth = _get_depth_range(pretrained, weights) if depth_range is None else tuple(depth_range)
     if not 0 < min_depth < max_depth:
@@ -138,7 +139,9 @@ def _build_depther(
     model = DepthEncoderDecoder(
         backbone, head, out_index=out_index, patch_size=backbone.patch_size, norm=False, return_class_token=True
     )
-    if pretrained:
+    if head_weights:  # a head file of the user's, whether or not the backbone is pretrained
+        load_head_weights(model.decode_head, head_weights, prefix="decode_head.")
+    elif pretrained:
         name = _make_dinov2_model_name(arch_name, backbone.patch_size)
         head_name = f"linear{layers if layers == 4 else ''}" if kind == "linear" else "dpt"
         url = f"{_DINOV2_BASE_URL}/{name}/{name}_{weights.value.lower()}_{head_name}_head.pth"
@@ -235,7 +238,7 @@ def dinov2_vitg14_ld(
 ) -> DepthEncoderDecoder:
     """Linear depth estimator on DINOv2 ViT-g/14 (NYU or KITTI head)."""
     return _make_dinov2_linear_depther(
-        arch_name="vit_giant2", layers=layers, pretrained=pretrained, weights=weights, **_GIANT, **kwargs
+        arch_name="vit_giant2", layers=layers, pretrained=pretrained, weights=weights, **{**_GIANT, **kwargs}
     )
 
 
@@ -264,7 +267,9 @@ def dinov2_vitg14_dd(
     *, pretrained: bool = True, weights: Weights | str = Weights.NYU, **kwargs: Any
 ) -> DepthEncoderDecoder:
     """DPT depth estimator on DINOv2 ViT-g/14 (NYU or KITTI head)."""
-    return _make_dinov2_dpt_depther(arch_name="vit_giant2", pretrained=pretrained, weights=weights, **_GIANT, **kwargs)
+    return _make_dinov2_dpt_depther(
+        arch_name="vit_giant2", pretrained=pretrained, weights=weights, **{**_GIANT, **kwargs}
+    )
 
 
 # Register backbones: no depth heads were released, so these build random heads (pretrained=False, the default).
@@ -273,70 +278,74 @@ def dinov2_vitg14_dd(
 def dinov2_vits14_reg_ld(
     *, layers: int = 4, pretrained: bool = False, weights: Weights | str = Weights.NYU, **kwargs: Any
 ) -> DepthEncoderDecoder:
-    """Linear depth estimator on DINOv2 ViT-S/14 with registers (untrained head; pretrained=True is an error)."""
+    """Linear depth estimator on DINOv2 ViT-S/14 with registers (head: random, or head_weights=<file>)."""
     return _make_dinov2_linear_depther(
-        arch_name="vit_small", layers=layers, pretrained=pretrained, weights=weights, **_REGISTERS, **kwargs
+        arch_name="vit_small", layers=layers, pretrained=pretrained, weights=weights, **{**_REGISTERS, **kwargs}
     )
 
 
 def dinov2_vitb14_reg_ld(
     *, layers: int = 4, pretrained: bool = False, weights: Weights | str = Weights.NYU, **kwargs: Any
 ) -> DepthEncoderDecoder:
-    """Linear depth estimator on DINOv2 ViT-B/14 with registers (untrained head; pretrained=True is an error)."""
+    """Linear depth estimator on DINOv2 ViT-B/14 with registers (head: random, or head_weights=<file>)."""
     return _make_dinov2_linear_depther(
-        arch_name="vit_base", layers=layers, pretrained=pretrained, weights=weights, **_REGISTERS, **kwargs
+        arch_name="vit_base", layers=layers, pretrained=pretrained, weights=weights, **{**_REGISTERS, **kwargs}
     )
 
 
 def dinov2_vitl14_reg_ld(
     *, layers: int = 4, pretrained: bool = False, weights: Weights | str = Weights.NYU, **kwargs: Any
 ) -> DepthEncoderDecoder:
-    """Linear depth estimator on DINOv2 ViT-L/14 with registers (untrained head; pretrained=True is an error)."""
+    """Linear depth estimator on DINOv2 ViT-L/14 with registers (head: random, or head_weights=<file>)."""
     return _make_dinov2_linear_depther(
-        arch_name="vit_large", layers=layers, pretrained=pretrained, weights=weights, **_REGISTERS, **kwargs
+        arch_name="vit_large", layers=layers, pretrained=pretrained, weights=weights, **{**_REGISTERS, **kwargs}
     )
 
 
 def dinov2_vitg14_reg_ld(
     *, layers: int = 4, pretrained: bool = False, weights: Weights | str = Weights.NYU, **kwargs: Any
 ) -> DepthEncoderDecoder:
-    """Linear depth estimator on DINOv2 ViT-g/14 with registers (untrained head; pretrained=True is an error)."""
+    """Linear depth estimator on DINOv2 ViT-g/14 with registers (head: random, or head_weights=<file>)."""
     return _make_dinov2_linear_depther(
-        arch_name="vit_giant2", layers=layers, pretrained=pretrained, weights=weights, **_GIANT, **_REGISTERS, **kwargs
+        arch_name="vit_giant2",
+        layers=layers,
+        pretrained=pretrained,
+        weights=weights,
+        **{**_GIANT, **{**_REGISTERS, **kwargs}},
     )
 
 
 def dinov2_vits14_reg_dd(
     *, pretrained: bool = False, weights: Weights | str = Weights.NYU, **kwargs: Any
 ) -> DepthEncoderDecoder:
-    """DPT depth estimator on DINOv2 ViT-S/14 with registers (untrained head; pretrained=True is an error)."""
+    """DPT depth estimator on DINOv2 ViT-S/14 with registers (head: random, or head_weights=<file>)."""
     return _make_dinov2_dpt_depther(
-        arch_name="vit_small", pretrained=pretrained, weights=weights, **_REGISTERS, **kwargs
+        arch_name="vit_small", pretrained=pretrained, weights=weights, **{**_REGISTERS, **kwargs}
     )
 
 
 def dinov2_vitb14_reg_dd(
     *, pretrained: bool = False, weights: Weights | str = Weights.NYU, **kwargs: Any
 ) -> DepthEncoderDecoder:
-    """DPT depth estimator on DINOv2 ViT-B/14 with registers (untrained head; pretrained=True is an error)."""
+    """DPT depth estimator on DINOv2 ViT-B/14 with registers (head: random, or head_weights=<file>)."""
     return _make_dinov2_dpt_depther(
-        arch_name="vit_base", pretrained=pretrained, weights=weights, **_REGISTERS, **kwargs
+        arch_name="vit_base", pretrained=pretrained, weights=weights, **{**_REGISTERS, **kwargs}
     )
 
 
 def dinov2_vitl14_reg_dd(
     *, pretrained: bool = False, weights: Weights | str = Weights.NYU, **kwargs: Any
 ) -> DepthEncoderDecoder:
-    """DPT depth estimator on DINOv2 ViT-L/14 with registers (untrained head; pretrained=True is an error)."""
+    """DPT depth estimator on DINOv2 ViT-L/14 with registers (head: random, or head_weights=<file>)."""
     return _make_dinov2_dpt_depther(
-        arch_name="vit_large", pretrained=pretrained, weights=weights, **_REGISTERS, **kwargs
+        arch_name="vit_large", pretrained=pretrained, weights=weights, **{**_REGISTERS, **kwargs}
     )
 
 
 def dinov2_vitg14_reg_dd(
     *, pretrained: bool = False, weights: Weights | str = Weights.NYU, **kwargs: Any
 ) -> DepthEncoderDecoder:
-    """DPT depth estimator on DINOv2 ViT-g/14 with registers (untrained head; pretrained=True is an error)."""
+    """DPT depth estimator on DINOv2 ViT-g/14 with registers (head: random, or head_weights=<file>)."""
     return _make_dinov2_dpt_depther(
-        arch_name="vit_giant2", pretrained=pretrained, weights=weights, **_GIANT, **_REGISTERS, **kwargs
+        arch_name="vit_giant2", pretrained=pretrained, weights=weights, **{**_GIANT, **{**_REGISTERS, **kwargs}}
     )

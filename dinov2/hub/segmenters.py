@@ -63,9 +63,11 @@ def _make_dinov2_segmenter(
     weights: Weights | str = Weights.ADE20K,
     mode: Literal["linear", "ms"] = "linear",
     pretrained: bool = True,
+    head_weights: str | None = None,
     **kwargs: Any,
 ) -> SegmentationEncoderDecoder:
-    """Backbone (random too when not pretrained) + linear segmentation head; ``kwargs`` go to the ViT."""
+    """Backbone (random too when not pretrained) + linear segmentation head (from ``head_weights``, a path or URL,
+    when given, else the released file of ``weights`` and ``mode``); ``kwargs`` go to the ViT."""
     from .backbones import _make_dinov2_model
     from .utils import _DINOV2_BASE_URL, _make_dinov2_model_name
 
@@ -86,7 +88,9 @@ def _make_dinov2_segmenter(
         mode="slide",
         **_TEST_SETTINGS[mode],
     )
-    if pretrained:
+    if head_weights:  # a head file of the user's, whether or not the backbone is pretrained
+        load_head_weights(model.decode_head, head_weights, prefix="decode_head.")
+    elif pretrained:
         name = _make_dinov2_model_name(arch_name, backbone.patch_size)
         url = f"{_DINOV2_BASE_URL}/{name}/{name}_{weights.value.lower()}_{mode}_head.pth"
         load_head_weights(model.decode_head, url, prefix="decode_head.")
@@ -135,5 +139,9 @@ def dinov2_vitg14_ls(
 ) -> SegmentationEncoderDecoder:
     """Linear semantic segmenter (ADE20K: 150 classes, VOC2012: 21) on DINOv2 ViT-g/14."""
     return _make_dinov2_segmenter(
-        arch_name="vit_giant2", weights=weights, mode=mode, pretrained=pretrained, ffn_layer="swiglufused", **kwargs
+        arch_name="vit_giant2",
+        weights=weights,
+        mode=mode,
+        pretrained=pretrained,
+        **{"ffn_layer": "swiglufused", **kwargs},
     )

@@ -1,17 +1,13 @@
-"""Shared helpers of the torch.hub entrypoints: checkpoint names and URLs, padding, and the one weights loader."""
+"""Shared helpers of the torch.hub entrypoints: checkpoint names and URLs, and centre padding."""
 
 import itertools
 import math
-import os
-import pickle
-from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["CenterPadding", "load_state_dict_from_url_or_path"]
+__all__ = ["CenterPadding"]
 
 _DINOV2_BASE_URL = "https://dl.fbaipublicfiles.com/dinov2"
 
@@ -42,49 +38,3 @@ class CenterPadding(nn.Module):
         # F.pad takes (last dim left, last dim right, second-to-last left, ...): walk the spatial dims backwards.
         pads = list(itertools.chain.from_iterable(self._get_pad(m) for m in x.shape[:1:-1]))
         return F.pad(x, pads)
-
-
-def _is_url(url_or_path: str) -> bool:
-    return urlparse(url_or_path).scheme in ("http", "https", "ftp", "file")
-
-
-def hub_cache_path(url: str) -> Path:
-    """Where ``torch.hub.load_state_dict_from_url`` keeps (and first looks for) the file of ``url``."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
-
-
-def _torch_load(path: str | Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise RuntimeError(
-            f"{path} holds Python objects other than tensors and plain containers, which weights_only loading "
-            "refuses; if you trust the file, load it with torch.load(..., weights_only=False) and pass the state dict"
-        ) from e
-
-
-def load_state_dict_from_url_or_path(url_or_path: str) -> dict:
-    """Loads a checkpoint on CPU with ``weights_only=True`` from a local path or a URL.
-
-    A URL goes through ``torch.hub.load_state_dict_from_url``, so a file already in torch.hub's cache
-    (``<hub dir>/checkpoints/<file name>``, hub dir = ``$TORCH_HOME/hub``) is used without any network access.
-    On download failure a RuntimeError names the URL and the exact cache path where the file can be placed by hand.
-    """
-    url_or_path = os.fspath(url_or_path)
-    if not _is_url(url_or_path):
-        path = Path(url_or_path).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint file {path} does not exist; pass an existing path or a URL")
-        return _torch_load(path)
-    try:
-        return torch.hub.load_state_dict_from_url(url_or_path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise RuntimeError(
-            f"{url_or_path} (cached at {hub_cache_path(url_or_path)}) is not a weights-only checkpoint"
-        ) from e
-    except OSError as e:  # URLError, HTTPError, timeouts and connection errors are all OSErrors
-        raise RuntimeError(
-            f"could not download {url_or_path} ({e}). Without internet access, download the file elsewhere and "
-            f"place it at {hub_cache_path(url_or_path)} (torch.hub's cache; set TORCH_HOME to move it), or pass "
-            "the local file path as weights"
-        ) from e

@@ -18,6 +18,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from dinov2.train.collapse_monitor import uniform_loss_values
+from dinov2.utils.cli import run_cli
+from dinov2.utils.errors import MissingPathError
 
 __all__ = ["main", "plot_run", "read_metrics"]
 
@@ -31,8 +33,11 @@ _COLLAPSE_STATS = {
 
 def read_metrics(run_dir: Path) -> list[dict]:
     """The JSON records of ``training_metrics.json`` (lines that are not JSON objects are skipped)."""
+    path = Path(run_dir) / "training_metrics.json"
+    if not path.is_file():
+        raise MissingPathError(f"{path} does not exist: give a training output folder (--output-dir of a run)")
     records = []
-    for line in (Path(run_dir) / "training_metrics.json").read_text().splitlines():
+    for line in path.read_text().splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
@@ -104,15 +109,22 @@ def _save(fig: object, path: Path) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
+def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="a training output folder (with training_metrics.json and config.yaml)")
     parser.add_argument("--to", default=None, help="where to write the PNGs (default: the run folder)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(get_args_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
     for path in plot_run(Path(args.run_dir), Path(args.to) if args.to else None):
         print(path)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(run, get_args_parser())

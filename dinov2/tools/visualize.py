@@ -25,7 +25,9 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from dinov2.data.transforms import make_normalize_transform
 from dinov2.models import build_model_from_backbone_args
-from dinov2.utils.utils import load_pretrained_weights
+from dinov2.models.weights import load_pretrained_weights, load_state_dict_from_url_or_path
+from dinov2.utils.cli import run_cli
+from dinov2.utils.errors import MissingPathError, WeightsError
 
 __all__ = ["attention_maps", "load_backbone", "main", "pca_pictures", "picture_row"]
 
@@ -42,17 +44,16 @@ def load_backbone(weights: str) -> nn.Module:
         return getattr(hub_backbones, weights)().eval()
     if not Path(weights).is_file():
         names = ", ".join(name for name in hub_backbones.__all__ if name != "Weights")
-        raise FileNotFoundError(f"--weights {weights!r} is neither a file nor a hub backbone name ({names})")
-    from dinov2.hub.utils import load_state_dict_from_url_or_path
-
-    args = load_state_dict_from_url_or_path(weights).get("backbone_args")
+        raise MissingPathError(f"--weights {weights!r} is neither a file nor a hub backbone name ({names})")
+    checkpoint = load_state_dict_from_url_or_path(weights)
+    args = checkpoint.get("backbone_args")
     if not isinstance(args, dict):
-        raise ValueError(
+        raise WeightsError(
             f"{weights} carries no backbone_args (an export from before they were recorded, or not a teacher "
             "export): load it with torch.hub.load(..., weights=<file>, <the training's student.* values>) instead"
         )
     model = build_model_from_backbone_args(args)
-    load_pretrained_weights(model, weights, checkpoint_key="teacher")
+    load_pretrained_weights(model, checkpoint, checkpoint_key="teacher", name=weights)
     return model.eval()
 
 
@@ -145,7 +146,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    return run(get_args_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     model = load_backbone(args.weights)
     size = args.size or int(model.patch_embed.img_size[0])
@@ -160,4 +164,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(run, get_args_parser())

@@ -19,6 +19,7 @@ from dinov2.data import make_dataset
 from dinov2.data.transforms import make_classification_eval_transform
 from dinov2.eval.knn import KnnModule
 from dinov2.eval.utils import ModelWithNormalize, align_to_train_classes, extract_features
+from dinov2.utils.errors import ConfigError
 
 __all__ = ["OnlineKnn"]
 
@@ -52,7 +53,7 @@ class OnlineKnn:
         if not knn_cfg.train_dataset:
             return None
         if not knn_cfg.val_dataset:
-            raise ValueError(
+            raise ConfigError(
                 "evaluation.online_knn.train_dataset is set but evaluation.online_knn.val_dataset is empty: give "
                 "both (a labelled bank and labelled queries), or neither"
             )

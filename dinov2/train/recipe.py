@@ -23,6 +23,7 @@ from dinov2 import distributed
 from dinov2.data import make_dataset
 from dinov2.logging import FILE_ONLY
 from dinov2.models import build_model
+from dinov2.utils.errors import DataError
 
 __all__ = [
     "SCHEDULE_KEYS",
@@ -52,7 +53,7 @@ def measure_data(dataset_str: str) -> DataFacts:
     dataset = make_dataset(dataset_str=dataset_str)
     n = len(dataset)
     if n == 0:
-        raise ValueError(f"train.dataset_path={dataset_str!r} holds no image")
+        raise DataError(f"train.dataset_path={dataset_str!r} holds no image")
     step = max(1, n // _SIZE_SAMPLES)
     sides = [min(dataset[index][0].size) for index in range(0, n, step)][:_SIZE_SAMPLES]
     return DataFacts(n_images=n, image_size=int(statistics.median(sides)))

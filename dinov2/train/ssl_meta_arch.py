@@ -25,16 +25,17 @@ from dinov2.fsdp import (
     get_sharding_options,
     reshard_fsdp_model,
 )
-from dinov2.hub.utils import load_state_dict_from_url_or_path
 from dinov2.layers import DINOHead
 from dinov2.loss import DINOLoss, KoLeoLoss, iBOTPatchLoss
 from dinov2.models import build_model, build_model_from_cfg
 from dinov2.models.checkpoint_filter import checkpoint_filter_fn, strip_prefixes
 from dinov2.models.vision_transformer import BlockChunk
+from dinov2.models.weights import load_pretrained_weights, load_state_dict_from_url_or_path
 from dinov2.train.collapse_monitor import teacher_statistics
 from dinov2.utils.dtype import as_torch_dtype
+from dinov2.utils.errors import ConfigError
 from dinov2.utils.param_groups import fuse_params_groups, get_params_groups_with_decay
-from dinov2.utils.utils import has_batchnorms, load_pretrained_weights
+from dinov2.utils.utils import has_batchnorms
 
 __all__ = ["SSLMetaArch"]
 
@@ -81,16 +82,16 @@ class SSLMetaArch(nn.Module):
         self.cfg = cfg
         self.device = distributed.get_device()
         if cfg.train.centering not in _CENTERINGS:
-            raise ValueError(f"train.centering={cfg.train.centering!r} is not supported; use one of {_CENTERINGS}")
+            raise ConfigError(f"train.centering={cfg.train.centering!r} is not supported; use one of {_CENTERINGS}")
         self.centering = cfg.train.centering
         self.do_dino = cfg.dino.loss_weight > 0
         self.do_koleo = cfg.dino.koleo_loss_weight > 0
         self.do_ibot = cfg.ibot.loss_weight > 0
         self.ibot_separate_head = bool(cfg.ibot.separate_head)
         if not (self.do_dino or self.do_ibot):
-            raise ValueError("dino.loss_weight and ibot.loss_weight are both 0: enable at least one loss")
+            raise ConfigError("dino.loss_weight and ibot.loss_weight are both 0: enable at least one loss")
         if self.do_koleo and not self.do_dino:
-            raise ValueError("dino.koleo_loss_weight > 0 needs the DINO loss (dino.loss_weight > 0)")
+            raise ConfigError("dino.koleo_loss_weight > 0 needs the DINO loss (dino.loss_weight > 0)")
         self.n_local_crops = int(cfg.crops.local_crops_number)
         # Collapse statistics of the latest teacher pass (see dinov2.train.collapse_monitor); empty without DINO.
         self.teacher_stats: dict[str, Tensor] = {}
@@ -109,7 +110,7 @@ class SSLMetaArch(nn.Module):
                 self.koleo_loss = KoLeoLoss()
         if self.do_ibot:
             if max(cfg.ibot.mask_ratio_min_max) <= 0 or cfg.ibot.mask_sample_probability <= 0:
-                raise ValueError(
+                raise ConfigError(
                     "the iBOT loss needs masked tokens: set ibot.mask_ratio_min_max (max > 0) and "
                     "ibot.mask_sample_probability > 0, or disable it with ibot.loss_weight=0"
                 )
@@ -148,15 +149,15 @@ class SSLMetaArch(nn.Module):
         """Loads backbone weights (a hub/released file, or a ``teacher_checkpoint.pth``) strictly into the student.
         A position embedding made for another resolution (the released weights: 518 px, 37 x 37 patches) is
         resampled to this model's grid with the model's own interpolation, as it would be at inference."""
-        state = load_state_dict_from_url_or_path(path)
-        state = strip_prefixes(state.get("teacher", state))
+        checkpoint = load_state_dict_from_url_or_path(path)  # read once
+        state = strip_prefixes(checkpoint.get("teacher", checkpoint))
         backbone = self.student.backbone
         if "pos_embed" not in state or state["pos_embed"].shape == backbone.pos_embed.shape:
-            load_pretrained_weights(backbone, path, checkpoint_key="teacher")
+            load_pretrained_weights(backbone, checkpoint, checkpoint_key="teacher", name=path)
             return
         grid = math.isqrt(state["pos_embed"].shape[1] - 1)  # rows: CLS + grid^2 patches
         source, _ = build_model(self.cfg.student, only_teacher=True, img_size=grid * backbone.patch_size)
-        load_pretrained_weights(source, path, checkpoint_key="teacher")
+        load_pretrained_weights(source, checkpoint, checkpoint_key="teacher", name=path)
         size = self.cfg.crops.global_crops_size
         tokens = backbone.pos_embed.new_zeros(backbone.pos_embed.shape)  # [1, 1+N, D]
         weights = source.state_dict()
@@ -212,7 +213,7 @@ class SSLMetaArch(nn.Module):
                 distributed.is_enabled()
                 and student_replicated != get_sharding_options(teacher_cfg.sharding_strategy).replicate
             ):
-                raise ValueError(
+                raise ConfigError(
                     f"compute_precision.student.{part}.sharding_strategy ({student_cfg.sharding_strategy}) and "
                     f"compute_precision.teacher.{part}.sharding_strategy ({teacher_cfg.sharding_strategy}) must both "
                     "be NO_SHARD or both sharded: the teacher EMA pairs the two models' local shards"

@@ -50,8 +50,10 @@ from dinov2.train.collapse_monitor import CollapseMonitor, uniform_loss_values
 from dinov2.train.online_knn import OnlineKnn
 from dinov2.train.recipe import SCHEDULE_KEYS, apply_recipe, flat_keys
 from dinov2.train.ssl_meta_arch import SSLMetaArch
+from dinov2.utils.cli import run_cli
 from dinov2.utils.config import get_explicit_cfg, setup, write_config
 from dinov2.utils.dtype import as_torch_dtype
+from dinov2.utils.errors import ConfigError, MissingPathError
 from dinov2.utils.signals import StopRequest, ignore_stop_signals, signal_name
 from dinov2.utils.utils import CosineScheduler
 
@@ -613,7 +615,7 @@ def _apply_recipe(cfg: DictConfig, args: argparse.Namespace) -> None:
         apply_recipe(cfg, user_keys, global_batch=global_batch)
     if cfg.recipe.budget_minutes > 0:
         if "train.OFFICIAL_EPOCH_LENGTH" in cli_keys:
-            raise ValueError(
+            raise ConfigError(
                 "recipe.budget_minutes sets train.OFFICIAL_EPOCH_LENGTH from the time budget: drop one of the two "
                 "overrides"
             )
@@ -675,7 +677,7 @@ def check_resume_config(cfg: DictConfig, allow_safe_changes: bool = False) -> No
         ways_out += f"; these keys cannot change on resume: {', '.join(unsafe)}"
     else:
         ways_out += ", or pass --resume-with-changes (all the changed keys may change on resume)"
-    raise ValueError(f"{output_dir} holds a run started with another config ({described}): {ways_out}")
+    raise ConfigError(f"{output_dir} holds a run started with another config ({described}): {ways_out}")
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -695,7 +697,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         checkpointer = Checkpointer(cfg.train.output_dir)
         latest = checkpointer.latest()
         if latest is None:
-            raise FileNotFoundError(f"--eval-only: no complete checkpoint under {checkpointer.directory}")
+            raise MissingPathError(f"--eval-only: no complete checkpoint under {checkpointer.directory}")
         extra = checkpointer.load(latest, model=model, restore_rng=False)
         do_test(cfg, model, f"manual_{extra['iteration']}")
         return {"iteration": extra["iteration"]}
@@ -703,4 +705,4 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(get_args_parser(add_help=True).parse_args())
+    run_cli(main, get_args_parser(add_help=True))

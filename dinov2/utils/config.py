@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from dinov2 import distributed
 from dinov2.configs import _CONFIGS_DIR, available_configs, dinov2_default_config, merge_strict
 from dinov2.logging import FILE_ONLY, setup_logging
+from dinov2.utils.errors import ConfigError, MissingPathError
 from dinov2.utils.utils import fix_random_seeds, get_sha
 
 logger = logging.getLogger("dinov2")
@@ -35,7 +36,7 @@ def apply_scaling_rules_to_cfg(cfg: DictConfig) -> DictConfig:
     """
     rule = cfg.optim.scaling_rule
     if rule != "sqrt_wrt_1024":
-        raise ValueError(f"unsupported optim.scaling_rule {rule!r}; the supported rule is {_SCALING_RULES[0]!r}")
+        raise ConfigError(f"unsupported optim.scaling_rule {rule!r}; the supported rule is {_SCALING_RULES[0]!r}")
     global_batch = cfg.train.batch_size_per_gpu * distributed.get_global_size()
     cfg.optim.lr = cfg.optim.base_lr * math.sqrt(global_batch / 1024.0)
     logger.info(
@@ -62,7 +63,7 @@ def resolve_config_file(config_file: str) -> Path:
     packaged = _CONFIGS_DIR / (config_file if config_file.endswith(".yaml") else f"{config_file}.yaml")
     if packaged.is_file():
         return packaged
-    raise FileNotFoundError(
+    raise MissingPathError(
         f"--config-file {config_file!r} is neither a file nor a packaged config; packaged configs: "
         f"{', '.join(available_configs())}"
     )
@@ -71,7 +72,7 @@ def resolve_config_file(config_file: str) -> Path:
 def _parse_opts(opts: list[str]) -> DictConfig:
     bad = [opt for opt in opts if "=" not in opt or opt.startswith("=")]
     if bad:
-        raise ValueError(f"config overrides must look like key.sub=value (e.g. optim.base_lr=0.001), got {bad}")
+        raise ConfigError(f"config overrides must look like key.sub=value (e.g. optim.base_lr=0.001), got {bad}")
     return OmegaConf.from_dotlist(list(opts))
 
 

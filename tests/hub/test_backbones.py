@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import dinov2.hub.backbones as backbones
-from dinov2.hub.utils import CenterPadding, _make_dinov2_model_name, load_state_dict_from_url_or_path
+from dinov2.hub.utils import CenterPadding, _make_dinov2_model_name
+from dinov2.models.weights import load_state_dict_from_url_or_path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KEYS_DIR = REPO_ROOT / "tests" / "data" / "checkpoint_keys"

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dinov2.utils.errors import DataError, MissingPathError
+
 from ._path_table import PathTable, PathTableDataset
 
 logger = logging.getLogger(__name__)
@@ -22,12 +24,12 @@ def _read_list(path: Path) -> tuple[list[str], list[int]]:
                 continue
             fields = line.split("\t")
             if len(fields) > 2:
-                raise ValueError(f"{path}:{line_number}: expected 'path' or 'path<TAB>label', got {len(fields)} fields")
+                raise DataError(f"{path}:{line_number}: expected 'path' or 'path<TAB>label', got {len(fields)} fields")
             if len(fields) == 2:
                 try:
                     targets.append(int(fields[1]))
                 except ValueError:
-                    raise ValueError(
+                    raise DataError(
                         f"{path}:{line_number}: label {fields[1]!r} after the tab is not an integer"
                     ) from None
             else:
@@ -55,13 +57,13 @@ class FileList(PathTableDataset):
     ) -> None:
         list_path = Path(path)
         if not list_path.is_file():
-            raise FileNotFoundError(f"FileList path={list_path} is not a file (one image path per line)")
+            raise MissingPathError(f"FileList path={list_path} is not a file (one image path per line)")
         root = list_path.resolve().parent if root is None else Path(root)
         super().__init__(root, transforms, transform, target_transform, strict=strict)
         self.list_path = str(list_path)
         path_list, target_list = _read_list(list_path)
         if not path_list:
-            raise ValueError(f"FileList {list_path} lists no images")
+            raise DataError(f"FileList {list_path} lists no images")
         self._paths = PathTable.from_paths(path_list)
         self._targets = np.asarray(target_list, dtype=np.int64)  # [N]
         logger.info("FileList %s: %d images", list_path, len(path_list))

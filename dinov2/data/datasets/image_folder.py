@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from dinov2.utils.errors import DataError, MissingPathError
+
 from ._path_table import PathTable, PathTableDataset
 
 logger = logging.getLogger(__name__)
@@ -57,7 +59,7 @@ def _scan_folder(root: str, labels: LabelMode) -> tuple[list[str], list[int], li
     top_images = [e.name for e in entries if e.is_file() and _is_image(e.name)]
     subdirs = [e.name for e in entries if e.is_dir() and not e.name.startswith(".")]
     if labels == "folder" and top_images:
-        raise ValueError(
+        raise DataError(
             f"ImageFolder root {root} has images at its top level ({top_images[0]}, ...) but labels=folder expects "
             "only class subfolders; use labels=auto or labels=none"
         )
@@ -113,16 +115,16 @@ class ImageFolder(PathTableDataset):
     ) -> None:
         super().__init__(root, transforms, transform, target_transform, strict=strict)
         if labels not in ("auto", "folder", "none"):
-            raise ValueError(f"ImageFolder labels={labels!r} must be one of 'auto', 'folder', 'none'")
+            raise DataError(f"ImageFolder labels={labels!r} must be one of 'auto', 'folder', 'none'")
         if not os.path.isdir(self.root):
-            raise FileNotFoundError(f"ImageFolder root {self.root} is not a directory")
+            raise MissingPathError(f"ImageFolder root {self.root} is not a directory")
         self._labels_mode = labels
         cache_root = Path(extra) if extra is not None else default_cache_dir()
         key = hashlib.sha1(f"{os.path.realpath(self.root)}|{labels}|{IMAGE_EXTENSIONS}".encode()).hexdigest()[:16]
         self.cache_dir = cache_root / f"image-folder-{key}"
         self._paths, self._targets, self.classes = self._load_or_scan(rescan)
         if len(self._paths) == 0:
-            raise ValueError(f"ImageFolder found no images ({', '.join(IMAGE_EXTENSIONS)}) under {self.root}")
+            raise DataError(f"ImageFolder found no images ({', '.join(IMAGE_EXTENSIONS)}) under {self.root}")
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
 
     def _load_or_scan(self, rescan: bool) -> tuple[PathTable, np.ndarray, list[str]]:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dinov2.models import vision_transformer as vits
-from dinov2.utils.utils import load_pretrained_weights
+from dinov2.models.weights import load_pretrained_weights
 
 
 def _vit(block_chunks: int) -> vits.DinoVisionTransformer:
