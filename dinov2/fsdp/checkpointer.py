@@ -6,15 +6,18 @@ Layout under ``<output_dir>/ckpt/``::
         .metadata             DCP index (model + optimizer, any world size can load it)
         __<rank>_0.distcp     DCP shards, one file per saving rank
         extra_rank_<r>.pt     per-rank picklable state: iteration, RNG states, whatever the caller adds
-        checkpoint.json       {"iteration": ..., "world_size": ...}
+        checkpoint.json       {"iteration": ..., "world_size": ..., "files": {name: [size, crc32], ...}}
     tmp_0002499/              a save in progress (or interrupted): ignored, removed by the next save
 
-A save writes everything into ``tmp_<iteration>``, waits for every rank, then rank 0 renames the folder to its
-final name, so a crash at any point leaves the previous checkpoint intact and :meth:`Checkpointer.latest` never
-returns a partial one. The folder must be on a file system shared by all ranks.
+A save writes everything into ``tmp_<iteration>``, waits for every rank, then rank 0 records the files' sizes and
+checksums and renames the folder to its final name, so a crash at any point leaves the previous checkpoint intact
+and :meth:`Checkpointer.latest` never returns a partial one; a save that fails (a full disk) removes its folder. A
+checkpoint damaged later (a truncated copy, a bad disk) fails its checksums, and :meth:`Checkpointer.latest` falls
+back to the previous one with a warning. The folder must be on a file system shared by all ranks.
 """
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -23,6 +26,7 @@ import random
 import re
 import shutil
 import warnings
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +46,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from dinov2 import distributed
+from dinov2.utils.errors import MissingPathError, NoSpaceError, WeightsError
 
 __all__ = ["Checkpointer", "capture_rng_state", "restore_rng_state", "save_teacher_checkpoint"]
 
@@ -111,6 +116,39 @@ def _on_all_ranks(step: str, fn: Callable[[], None] | None) -> None:
         raise RuntimeError(f"checkpoint step {step!r} failed on another rank: {failures[0]}")
 
 
+def _file_checksums(folder: Path) -> dict[str, list[int]]:
+    """``{file name: [size, crc32]}`` of the files of a checkpoint folder (its own json aside)."""
+    sums = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.name != _META_FILE:
+            crc = 0
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 24):
+                    crc = zlib.crc32(chunk, crc)
+            sums[path.name] = [path.stat().st_size, crc]
+    return sums
+
+
+def _is_disk_full(error: BaseException, directory: Path) -> bool:
+    """Whether a failed save ran out of space: an ENOSPC anywhere in the error's chain (DCP wraps each rank's
+    error; torch.save reports a full disk as a failed write of its archive), confirmed by the free space."""
+    seen: list[BaseException] = []
+    pending = [error]
+    while pending:
+        current = pending.pop()
+        if current is None or any(current is s for s in seen):
+            continue
+        seen.append(current)
+        if isinstance(current, OSError) and current.errno == errno.ENOSPC:
+            return True
+        if isinstance(current, CheckpointException):
+            pending += [e[0] if isinstance(e, tuple) else e for e in current.failures.values()]
+        pending += [current.__cause__, current.__context__]
+    text = " ".join(str(e) for e in seen)
+    write_failed = "unexpected pos" in text or "failed writing" in text or "No space left" in text
+    return write_failed and shutil.disk_usage(directory).free < 64 * 2**20
+
+
 def _fsync_dir(path: Path) -> None:
     """Makes a rename durable (best effort: some file systems refuse to open directories)."""
     try:
@@ -154,9 +192,34 @@ class Checkpointer:
         return sorted(found, key=lambda path: int(path.name))
 
     def latest(self) -> Path | None:
-        """The newest complete checkpoint, or None."""
-        complete = self.complete_checkpoints()
-        return complete[-1] if complete else None
+        """The newest complete checkpoint whose files match their recorded sizes and checksums, or None; a newer
+        one that does not is skipped with a warning naming it and what is wrong."""
+        for path in reversed(self.complete_checkpoints()):
+            problem = self.verify(path)
+            if problem is None:
+                return path
+            logger.warning("checkpoint %s is damaged (%s): using the one before it", path, problem)
+        return None
+
+    @staticmethod
+    def verify(path: Path) -> str | None:
+        """What is wrong with the files of checkpoint ``path`` compared with what was saved, or None. (Checkpoints
+        saved before checksums were recorded pass.)"""
+        try:
+            recorded = json.loads((path / _META_FILE).read_text()).get("files")
+        except (OSError, ValueError) as e:
+            return f"{_META_FILE} is unreadable: {e}"
+        if recorded is None:
+            return None
+        actual = _file_checksums(path)
+        for name, (size, crc) in recorded.items():
+            if name not in actual:
+                return f"{name} is missing"
+            if actual[name][0] != size:
+                return f"{name} has {actual[name][0]} bytes, {size} when saved"
+            if actual[name][1] != crc:
+                return f"{name} differs from what was saved (checksum)"
+        return None
 
     # -- save -----------------------------------------------------------------------------------------------------
 
@@ -191,20 +254,42 @@ class Checkpointer:
         def write_extra() -> None:
             rank_extra = {**(extra or {}), "iteration": iteration, "rng": capture_rng_state()}
             torch.save(rank_extra, tmp / f"extra_rank_{rank}.pt")
-            if rank == 0:
-                (tmp / _META_FILE).write_text(json.dumps({"iteration": iteration, "world_size": world_size}))
 
         def publish() -> None:
+            meta = {"iteration": iteration, "world_size": world_size, "files": _file_checksums(tmp)}
+            (tmp / _META_FILE).write_text(json.dumps(meta))
             self._publish(tmp, final)
             self._prune()
 
-        _on_all_ranks("prepare", prepare if rank == 0 else None)
-        with _single_process_dcp() as no_dist:  # DCP itself raises on every rank if one fails
-            dcp.save(self._state_dict(model, optimizer), checkpoint_id=tmp, no_dist=no_dist)
-        _on_all_ranks("write extras", write_extra)
-        _on_all_ranks("publish", publish if rank == 0 else None)  # nobody reads the folder before its rename
+        try:
+            _on_all_ranks("prepare", prepare if rank == 0 else None)
+            with _single_process_dcp() as no_dist:  # DCP itself raises on every rank if one fails
+                dcp.save(self._state_dict(model, optimizer), checkpoint_id=tmp, no_dist=no_dist)
+            _on_all_ranks("write extras", write_extra)
+            _on_all_ranks("publish", publish if rank == 0 else None)  # nobody reads the folder before its rename
+        except (Exception, CheckpointException) as error:  # (DCP's exception is a BaseException)
+            if rank == 0:  # a partial folder is of no use, and on a full disk it holds the space a retry needs
+                shutil.rmtree(tmp, ignore_errors=True)
+            if _is_disk_full(error, self.directory):
+                raise self._no_space_error(final, model, optimizer) from error
+            raise
         logger.info("saved checkpoint %s", final)
         return final
+
+    def _no_space_error(self, final: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> NoSpaceError:
+        previous = self.latest()
+        if previous is not None:
+            needed = sum(f.stat().st_size for f in previous.iterdir() if f.is_file())
+        else:  # parameters, and AdamW's two moments (a lower bound when sharded: this rank's part)
+            needed = sum(p.numel() * p.element_size() for p in model.parameters()) * (3 if optimizer else 1)
+        free = shutil.disk_usage(self.directory).free
+        kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+        return NoSpaceError(
+            errno.ENOSPC,
+            f"no space left on device while saving {final} (needs about {needed / 2**20:.0f} MB, "
+            f"{free / 2**20:.0f} MB free); the partial folder was removed and {kept}. Free some space or point "
+            "--output-dir to a larger disk, then run the same command again to resume",
+        )
 
     @staticmethod
     def _state_dict(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
@@ -251,7 +336,7 @@ class Checkpointer:
         path = Path(path)
         if not (path / _META_FILE).is_file() or not (path / ".metadata").is_file():
             latest = self.latest()
-            raise FileNotFoundError(
+            raise MissingPathError(
                 f"{path} is not a complete checkpoint (no {_META_FILE} or .metadata); "
                 f"the newest complete one here is {latest}"
             )
@@ -264,7 +349,7 @@ class Checkpointer:
                 reasons = sorted(
                     {str(error[0] if isinstance(error, tuple) else error) for error in e.failures.values()}
                 )
-                raise RuntimeError(f"could not load checkpoint {path}: {'; '.join(reasons)}") from e
+                raise WeightsError(f"could not load checkpoint {path}: {'; '.join(reasons)}") from e
         if optimizer is None or model_only:
             set_model_state_dict(model, state["model"])
         else:
@@ -341,7 +426,7 @@ class _SafeReader(FileSystemReader):
             try:
                 metadata = _MetadataUnpickler(handle).load()
             except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as e:
-                raise RuntimeError(f"{path} is not a readable DCP checkpoint metadata file: {e}") from e
+                raise WeightsError(f"{path} is not a readable DCP checkpoint metadata file: {e}") from e
         if getattr(metadata, "storage_meta", None) is None:
             metadata.storage_meta = StorageMeta()
         metadata.storage_meta.load_id = self.load_id
@@ -358,7 +443,7 @@ class _SafeLoadPlanner(DefaultLoadPlanner):
         try:
             torch.load(value, weights_only=True)
         except pickle.UnpicklingError as e:
-            raise RuntimeError(f"checkpoint item {read_item.dest_index.fqn} holds more than plain values: {e}") from e
+            raise WeightsError(f"checkpoint item {read_item.dest_index.fqn} holds more than plain values: {e}") from e
         value.seek(0)
         super().load_bytes(read_item, value)
 
@@ -375,9 +460,12 @@ def load_extras(path: Path) -> dict[str, Any]:
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            raise RuntimeError(
+            raise WeightsError(
                 f"{path} holds objects a checkpoint's extras never hold; refusing to load it: {e}"
             ) from e
+        except Exception as e:  # a truncated or overwritten file
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise WeightsError(f"{path} is damaged ({reason}); resume from an earlier checkpoint") from e
 
 
 def save_teacher_checkpoint(

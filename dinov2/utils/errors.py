@@ -4,7 +4,7 @@ The command-line programs print such an error as one line and exit with status 2
 its traceback. Each class also derives from the built-in type that code catching the old errors expects.
 """
 
-__all__ = ["UserError", "ConfigError", "DataError", "MissingPathError", "WeightsError"]
+__all__ = ["UserError", "ConfigError", "DataError", "MissingPathError", "NoSpaceError", "WeightsError"]
 
 
 class UserError(Exception):
@@ -21,6 +21,10 @@ class DataError(UserError, ValueError):
 
 class MissingPathError(UserError, FileNotFoundError):
     """A file or folder the user named does not exist."""
+
+
+class NoSpaceError(UserError, OSError):
+    """The disk filled up while saving; what was saved before is intact."""
 
 
 class WeightsError(UserError, RuntimeError):

@@ -1,6 +1,10 @@
 """Single-process behaviour of the DCP Checkpointer: round trip, atomicity, pruning, RNG, teacher export."""
 
+import errno
+import logging
+import os
 import random
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -11,7 +15,9 @@ import pytest
 import torch
 from torch import nn
 
+import dinov2.fsdp.checkpointer as checkpointer_module
 from dinov2.fsdp.checkpointer import Checkpointer, restore_rng_state, save_teacher_checkpoint
+from dinov2.utils.errors import NoSpaceError
 
 _ROOT = Path(__file__).resolve().parents[2]
 
@@ -107,13 +113,104 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path: Path) -> None:
     good = checkpointer.save(1, model=model)
     with pytest.raises(RuntimeError, match="disk full"):
         checkpointer.save(2, model=model, extra={"bomb": _FailsWhenPickled()})
-    assert (tmp_path / "ckpt" / "tmp_0000002" / ".metadata").exists()  # DCP part was written
+    assert sorted(path.name for path in (tmp_path / "ckpt").iterdir()) == ["0000001"]  # the partial one removed
     assert checkpointer.latest() == good
     fresh = _Model()
     checkpointer.load(checkpointer.latest(), model=fresh)
     assert torch.equal(fresh.linear.weight, model.linear.weight)
-    checkpointer.save(3, model=model)  # the next save clears the leftover
+    checkpointer.save(3, model=model)
     assert sorted(path.name for path in (tmp_path / "ckpt").iterdir()) == ["0000003"]
+
+
+class _Big(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(256, 512)  # 0.5 MB of parameters
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A 4 MB file system (a tmpfs, as root) and a way to fill it; without root, a full disk is simulated by
+    failing DCP's writes with ENOSPC once the "disk" is filled."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    mounted = (
+        os.geteuid() == 0
+        and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)]).returncode == 0
+    )
+    filler = folder / "filler"
+
+    def fill(leave_bytes: int) -> None:
+        if mounted:
+            free = shutil.disk_usage(folder).free
+            filler.write_bytes(b"\0" * max(0, free - leave_bytes))
+        else:
+            original = checkpointer_module.dcp.save
+
+            def failing_save(*args, **kwargs):
+                Path(kwargs["checkpoint_id"]).mkdir(parents=True, exist_ok=True)
+                (Path(kwargs["checkpoint_id"]) / "__0_0.distcp").write_bytes(b"partial")
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+            monkeypatch.setattr(checkpointer_module.dcp, "save", failing_save)
+            fill.restore = lambda: monkeypatch.setattr(checkpointer_module.dcp, "save", original)
+
+    def empty() -> None:
+        filler.unlink(missing_ok=True)
+        if hasattr(fill, "restore"):
+            fill.restore()
+
+    yield folder, fill, empty
+    if mounted:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_disk_full_mid_save_removes_the_partial_folder_and_keeps_the_previous_checkpoint(small_disk) -> None:
+    folder, fill, empty = small_disk
+    model = _Big()
+    optimizer = torch.optim.AdamW(model.parameters())
+    model.linear.weight.sum().backward()
+    optimizer.step()
+    checkpointer = Checkpointer(folder, max_to_keep=2)
+    good = checkpointer.save(1, model=model, optimizer=optimizer)
+
+    fill(leave_bytes=300_000)
+    with pytest.raises(
+        NoSpaceError, match=r"no space left on device while saving .*0000002 \(needs about 2 MB"
+    ) as error:
+        checkpointer.save(2, model=model, optimizer=optimizer)
+    assert isinstance(error.value, OSError) and error.value.errno == errno.ENOSPC
+    assert f"the previous checkpoint {good} is intact" in str(error.value)
+    assert sorted(path.name for path in (folder / "ckpt").iterdir()) == ["0000001"]  # no partial folder left
+    assert checkpointer.latest() == good and checkpointer.verify(good) is None
+
+    empty()  # space freed: the same save now works
+    assert checkpointer.save(2, model=model, optimizer=optimizer) == folder / "ckpt" / "0000002"
+    fresh = _Big()
+    checkpointer.load(checkpointer.latest(), model=fresh)
+    assert torch.equal(fresh.linear.weight, model.linear.weight)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(
+    tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    model, optimizer = _trained(3)
+    checkpointer = Checkpointer(tmp_path)
+    previous = checkpointer.save(1, model=model, optimizer=optimizer)
+    newest = checkpointer.save(2, model=model, optimizer=optimizer)
+    shard = next(newest.glob("*.distcp"))
+    data = shard.read_bytes()
+    if damage == "truncate":
+        shard.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":
+        shard.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
+    else:
+        shard.unlink()
+    with caplog.at_level(logging.WARNING, logger="dinov2"):
+        assert checkpointer.latest() == previous
+    expected = {"truncate": "bytes, ", "flip": "differs from what was saved", "delete": "is missing"}[damage]
+    assert f"checkpoint {newest} is damaged ({shard.name} " in caplog.text and expected in caplog.text
 
 
 def test_resaving_same_iteration_replaces_it(tmp_path: Path) -> None:

@@ -8,6 +8,8 @@ from typing import Any
 
 from torchvision.datasets import VisionDataset
 
+from dinov2.utils.errors import DataError
+
 from .decoders import ImageDataDecoder, TargetDecoder
 
 logger = logging.getLogger(__name__)
@@ -70,7 +72,8 @@ class ExtendedVisionDataset(VisionDataset):
             index += size
         if not 0 <= index < size:  # also ends Python's fallback iteration over __getitem__
             raise IndexError(f"sample index {index} out of range for a dataset of {size} samples")
-        for attempt in range(MAX_CONSECUTIVE_UNREADABLE):
+        attempts = min(MAX_CONSECUTIVE_UNREADABLE, size)
+        for attempt in range(attempts):
             current = (index + attempt) % size
             try:
                 image = self._decode_image(current)
@@ -86,10 +89,8 @@ class ExtendedVisionDataset(VisionDataset):
             if self.transforms is not None:
                 image, target = self.transforms(image, target)
             return image, target
-        raise RuntimeError(
-            f"{MAX_CONSECUTIVE_UNREADABLE} consecutive unreadable samples starting at {index} "
-            f"({self.describe_sample(index)}); check the dataset root and files"
-        )
+        what = f"all {size} samples are" if attempts == size else f"{attempts} consecutive samples starting at {index}"
+        raise DataError(f"{what} unreadable ({self.describe_sample(index)}, ...); check the dataset root and its files")
 
     def _note_unreadable(self, index: int, error: Exception) -> None:
         if index in self._unreadable:

@@ -9,6 +9,7 @@ from PIL import Image
 
 from dinov2.data.datasets import ImageFolder
 from dinov2.data.datasets.decoders import ImageDataDecoder, to_rgb
+from dinov2.utils.errors import DataError
 
 
 def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -112,5 +113,5 @@ def test_strict_mode_raises_with_the_path(folder_with_bad_files: Path) -> None:
 def test_a_dataset_of_only_bad_files_fails_loudly(tmp_path: Path) -> None:
     for i in range(3):
         (tmp_path / f"{i}.png").write_bytes(b"\x89PNG broken")
-    with pytest.raises(RuntimeError, match="consecutive unreadable"):
+    with pytest.raises(DataError, match=r"^all 3 samples are unreadable \(.*0\.png, \.\.\.\); check the dataset root"):
         ImageFolder(root=tmp_path)[0]
