@@ -28,6 +28,7 @@ from dinov2.eval.setup import eval_transform_from_args, run_eval
 from dinov2.eval.setup import get_args_parser as get_setup_args_parser
 from dinov2.eval.utils import (
     ModelWithIntermediateLayers,
+    align_to_train_classes,
     append_results,
     autocast_context,
     evaluate,
@@ -475,8 +476,10 @@ def make_eval_data_loader(
     metric_type: MetricType,
     *,
     transform: Callable | None = None,
+    train_dataset: Dataset | None = None,
 ) -> Iterable:
-    """Un-shuffled per-rank loader of ``test_dataset_str`` with the eval transform (padded multi-labels for ReaL)."""
+    """Un-shuffled per-rank loader of ``test_dataset_str`` with the eval transform (padded multi-labels for ReaL);
+    labelled with ``train_dataset``'s class indices, matched by class name, when given."""
     from dinov2.data import make_dataset
     from dinov2.data.transforms import make_classification_eval_transform
 
@@ -484,6 +487,8 @@ def make_eval_data_loader(
         dataset_str=test_dataset_str,
         transform=make_classification_eval_transform() if transform is None else transform,
     )
+    if train_dataset is not None:
+        test_dataset = align_to_train_classes(test_dataset, train_dataset, name=test_dataset_str)
     collate_fn = _pad_and_collate if metric_type == MetricType.IMAGENET_REAL_ACCURACY else None
     return make_inference_data_loader(
         test_dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_fn
@@ -504,13 +509,14 @@ def test_on_datasets(
     prefixstring: str = "",
     test_class_mappings: Sequence[torch.Tensor | None] = (None,),
     transform: Callable | None = None,
+    train_dataset: Dataset | None = None,
 ) -> dict[str, float]:
     """Accuracy (in %) on each test set of the head chosen on validation."""
     results_dict = {}
     for test_dataset_str, class_mapping, metric_type in zip(test_dataset_strs, test_class_mappings, test_metric_types):
         logger.info("Testing on %s", test_dataset_str)
         test_data_loader = make_eval_data_loader(
-            test_dataset_str, batch_size, num_workers, metric_type, transform=transform
+            test_dataset_str, batch_size, num_workers, metric_type, transform=transform, train_dataset=train_dataset
         )
         dataset_results_dict = evaluate_linear_classifiers(
             feature_model,
@@ -638,7 +644,7 @@ def run_eval_linear(
         train_dataset, batch_size=batch_size, num_workers=num_workers, seed=seed, start_iter=start_iter
     )
     val_data_loader = make_eval_data_loader(
-        val_dataset_str, batch_size, num_workers, val_metric_type, transform=eval_transform
+        val_dataset_str, batch_size, num_workers, val_metric_type, transform=eval_transform, train_dataset=train_dataset
     )
     checkpoint_period = save_checkpoint_frequency * epoch_length
     val_class_mapping = _load_class_mapping(val_class_mapping_fpath)
@@ -680,6 +686,7 @@ def run_eval_linear(
             prefixstring="",
             test_class_mappings=test_class_mappings,
             transform=eval_transform,
+            train_dataset=train_dataset,
         )
     results_dict["best_classifier"] = val_results_dict["best_classifier"]["name"]
     results_dict[f"{val_dataset_str}_accuracy"] = 100.0 * val_results_dict["best_classifier"]["accuracy"]

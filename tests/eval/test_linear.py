@@ -165,3 +165,25 @@ def test_resumed_train_loader_continues_the_global_stream(monkeypatch):
 
     uninterrupted = batches(start_iter=0, count=5)
     assert batches(start_iter=3, count=2) == uninterrupted[3:5]
+
+
+def test_val_labels_follow_the_training_class_names(tmp_path):
+    from PIL import Image
+
+    from dinov2.data import make_dataset
+    from dinov2.utils.errors import DataError
+
+    for split, classes in (("train", ("a", "b", "c")), ("val", ("b", "c")), ("odd", ("d",))):
+        for name in classes:
+            (tmp_path / split / name).mkdir(parents=True)
+            Image.new("RGB", (8, 8), (10, 20, 30)).save(tmp_path / split / name / "0.png")
+    train = make_dataset(dataset_str=f"ImageFolder:root={tmp_path / 'train'}")
+    loader = linear.make_eval_data_loader(
+        f"ImageFolder:root={tmp_path / 'val'}", 2, 0, MetricType.MEAN_ACCURACY, train_dataset=train
+    )
+    labels = torch.cat([batch[1] for batch in loader]).tolist()
+    assert labels == [1, 2]  # val's b and c are train's 1 and 2, not 0 and 1
+    with pytest.raises(DataError, match="1 class\\(es\\) the training set lacks: d"):
+        linear.make_eval_data_loader(
+            f"ImageFolder:root={tmp_path / 'odd'}", 2, 0, MetricType.MEAN_ACCURACY, train_dataset=train
+        )
