@@ -110,3 +110,56 @@ def test_the_linear_eval_resume_reads_weights_only(tmp_path: Path) -> None:
     with pytest.raises(WeightsError, match="holds Python objects other than tensors"):
         checkpointer.resume_or_load("", resume=True)
     assert not ran.exists()
+
+
+def _load_with_hub_backbone(path: Path) -> None:
+    import hubconf
+
+    hubconf.dinov2_vits14(weights=str(path), depth=2, img_size=28)
+
+
+def _load_with_hub_head(path: Path) -> None:
+    import hubconf
+
+    hubconf.dinov2_vits14_ld(pretrained=False, head_weights=str(path), depth=2, img_size=28)
+
+
+def _load_with_eval_cli_model(path: Path) -> None:
+    from dinov2.configs import load_and_merge_config
+    from dinov2.eval.setup import build_model_for_eval
+
+    build_model_for_eval(load_and_merge_config("train/vit_tiny_cpu"), str(path))
+
+
+def _load_as_student_pretrained_weights(path: Path) -> None:
+    from dinov2.configs import load_and_merge_config
+    from dinov2.train import SSLMetaArch
+
+    cfg = load_and_merge_config("train/vit_tiny_cpu")
+    cfg.student.pretrained_weights = str(path)
+    SSLMetaArch(cfg)
+
+
+def _load_with_visualize(path: Path) -> None:
+    from dinov2.tools.visualize import load_backbone
+
+    load_backbone(str(path))
+
+
+@pytest.mark.parametrize(
+    "load",
+    [
+        _load_with_hub_backbone,
+        _load_with_hub_head,
+        _load_with_eval_cli_model,
+        _load_as_student_pretrained_weights,
+        _load_with_visualize,
+    ],
+)
+def test_a_planted_payload_never_runs_at_any_load_site(tmp_path: Path, load) -> None:
+    ran = tmp_path / "payload_ran"
+    path = tmp_path / "teacher_checkpoint.pth"
+    torch.save({"teacher": {"pos_embed": torch.zeros(1)}, "backbone_args": _Payload(ran)}, path)
+    with pytest.raises(WeightsError, match="holds Python objects other than tensors"):
+        load(path)
+    assert not ran.exists()
