@@ -9,7 +9,7 @@ import pathlib
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from dinov2.utils.errors import ConfigError, MissingPathError
+from dinov2.errors import ConfigError, MissingPathError
 
 __all__ = ["load_config", "dinov2_default_config", "load_and_merge_config", "available_configs"]
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from dinov2.utils.errors import ConfigError
+from dinov2.errors import ConfigError
 
 __all__ = ["check_types", "check_ranges"]
 

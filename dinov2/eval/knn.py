@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from dinov2 import distributed
+from dinov2.errors import ConfigError
 from dinov2.eval.metrics import AccuracyAveraging, build_topk_accuracy_metric
 from dinov2.eval.setup import eval_transform_from_args, run_eval
 from dinov2.eval.setup import get_args_parser as get_setup_args_parser
@@ -32,7 +33,6 @@ from dinov2.eval.utils import (
     make_inference_data_loader,
 )
 from dinov2.utils.cli import run_cli
-from dinov2.utils.errors import ConfigError
 
 logger = logging.getLogger("dinov2")
 

@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from dinov2 import distributed
+from dinov2.errors import ConfigError
 from dinov2.eval.metrics import MetricType, build_metric
 from dinov2.eval.setup import eval_transform_from_args, run_eval
 from dinov2.eval.setup import get_args_parser as get_setup_args_parser
@@ -36,7 +37,6 @@ from dinov2.eval.utils import (
     make_inference_data_loader,
 )
 from dinov2.utils.cli import run_cli
-from dinov2.utils.errors import ConfigError
 from dinov2.utils.signals import Stopped, StopRequest, signal_name
 
 logger = logging.getLogger("dinov2")

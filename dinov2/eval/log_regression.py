@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from dinov2 import distributed
+from dinov2.errors import ConfigError
 from dinov2.eval.metrics import MetricType, build_metric
 from dinov2.eval.setup import eval_transform_from_args, run_eval
 from dinov2.eval.setup import get_args_parser as get_setup_args_parser
@@ -35,7 +36,6 @@ from dinov2.eval.utils import (
 )
 from dinov2.utils.cli import run_cli
 from dinov2.utils.dtype import as_torch_dtype
-from dinov2.utils.errors import ConfigError
 
 logger = logging.getLogger("dinov2")
 

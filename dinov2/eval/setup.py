@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from dinov2.errors import ConfigError
 from dinov2.utils.dtype import as_torch_dtype
-from dinov2.utils.errors import ConfigError
 
 logger = logging.getLogger("dinov2")
 

@@ -18,8 +18,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from dinov2 import distributed
+from dinov2.errors import DataError
 from dinov2.logging import FILE_ONLY
-from dinov2.utils.errors import DataError
 from dinov2.utils.signals import ignore_stop_signals
 
 logger = logging.getLogger("dinov2")

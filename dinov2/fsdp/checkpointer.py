@@ -46,7 +46,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from dinov2 import distributed
-from dinov2.utils.errors import MissingPathError, NoSpaceError, WeightsError
+from dinov2.errors import MissingPathError, NoSpaceError, WeightsError
 
 __all__ = ["Checkpointer", "capture_rng_state", "restore_rng_state", "save_teacher_checkpoint"]
 

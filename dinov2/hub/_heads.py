@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from dinov2.utils.errors import WeightsError
+from dinov2.errors import WeightsError
 
 logger = logging.getLogger("dinov2")
 

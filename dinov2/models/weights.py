@@ -16,8 +16,8 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from dinov2.errors import MissingPathError, WeightsError
 from dinov2.models.checkpoint_filter import checkpoint_filter_fn, strip_prefixes
-from dinov2.utils.errors import MissingPathError, WeightsError
 
 __all__ = [
     "hub_cache_path",

@@ -17,9 +17,9 @@ from omegaconf import OmegaConf
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from dinov2.errors import MissingPathError
 from dinov2.train.collapse_monitor import uniform_loss_values
 from dinov2.utils.cli import run_cli
-from dinov2.utils.errors import MissingPathError
 
 __all__ = ["main", "plot_run", "read_metrics"]
 

@@ -24,10 +24,10 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from dinov2.data.transforms import make_normalize_transform
+from dinov2.errors import MissingPathError, WeightsError
 from dinov2.models import build_model_from_backbone_args
 from dinov2.models.weights import load_pretrained_weights, load_state_dict_from_url_or_path
 from dinov2.utils.cli import run_cli
-from dinov2.utils.errors import MissingPathError, WeightsError
 
 __all__ = ["attention_maps", "load_backbone", "main", "pca_pictures", "picture_row"]
 

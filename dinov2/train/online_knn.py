@@ -17,9 +17,9 @@ from torch.utils.data import Dataset, Subset
 
 from dinov2.data import make_dataset
 from dinov2.data.transforms import make_classification_eval_transform
+from dinov2.errors import ConfigError
 from dinov2.eval.knn import KnnModule
 from dinov2.eval.utils import ModelWithNormalize, align_to_train_classes, extract_features
-from dinov2.utils.errors import ConfigError
 
 __all__ = ["OnlineKnn"]
 

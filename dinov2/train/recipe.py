@@ -21,9 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from dinov2 import distributed
 from dinov2.data import make_dataset
+from dinov2.errors import DataError
 from dinov2.logging import FILE_ONLY
 from dinov2.models import build_model
-from dinov2.utils.errors import DataError
 
 __all__ = [
     "SCHEDULE_KEYS",

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from dinov2 import distributed
+from dinov2.errors import ConfigError
 from dinov2.fsdp import (
     ShardedGradScaler,
     autocast_context,
@@ -33,7 +34,6 @@ from dinov2.models.vision_transformer import BlockChunk
 from dinov2.models.weights import load_pretrained_weights, load_state_dict_from_url_or_path
 from dinov2.train.collapse_monitor import teacher_statistics
 from dinov2.utils.dtype import as_torch_dtype
-from dinov2.utils.errors import ConfigError
 from dinov2.utils.param_groups import fuse_params_groups, get_params_groups_with_decay
 from dinov2.utils.utils import has_batchnorms
 

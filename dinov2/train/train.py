@@ -41,6 +41,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from dinov2 import distributed
 from dinov2.data import DataAugmentationDINO, MaskingGenerator, collate_data_and_cast, make_dataset
 from dinov2.data.samplers import ShardedInfiniteSampler
+from dinov2.errors import ConfigError, MissingPathError
 from dinov2.fsdp import full_state_dict
 from dinov2.fsdp.checkpointer import Checkpointer, restore_rng_state, save_teacher_checkpoint
 from dinov2.logging import FILE_ONLY, MetricLogger
@@ -53,7 +54,6 @@ from dinov2.train.ssl_meta_arch import SSLMetaArch
 from dinov2.utils.cli import run_cli
 from dinov2.utils.config import get_explicit_cfg, setup, write_config
 from dinov2.utils.dtype import as_torch_dtype
-from dinov2.utils.errors import ConfigError, MissingPathError
 from dinov2.utils.signals import StopRequest, ignore_stop_signals, signal_name
 from dinov2.utils.utils import CosineScheduler
 

@@ -6,8 +6,8 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
+from dinov2.errors import UserError
 from dinov2.logging import FILE_ONLY
-from dinov2.utils.errors import UserError
 from dinov2.utils.signals import Stopped
 
 __all__ = ["run_cli", "USER_ERROR_STATUS"]

@@ -5,8 +5,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from dinov2.configs import load_and_merge_config
+from dinov2.errors import ConfigError
 from dinov2.utils.config import get_cfg_from_args
-from dinov2.utils.errors import ConfigError
 
 
 def _cfg(*opts: str):

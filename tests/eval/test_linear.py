@@ -171,7 +171,7 @@ def test_val_labels_follow_the_training_class_names(tmp_path):
     from PIL import Image
 
     from dinov2.data import make_dataset
-    from dinov2.utils.errors import DataError
+    from dinov2.errors import DataError
 
     for split, classes in (("train", ("a", "b", "c")), ("val", ("b", "c")), ("odd", ("d",))):
         for name in classes:

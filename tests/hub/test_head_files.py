@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import hubconf
-from dinov2.utils.errors import WeightsError
+from dinov2.errors import WeightsError
 
 _SMALL = {"depth": 2, "img_size": 28}  # a 2-block ViT-S: the file name and URL stay those of dinov2_vits14
 HEADS = {

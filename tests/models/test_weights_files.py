@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from dinov2.errors import MissingPathError, UserError, WeightsError
 from dinov2.models import vision_transformer as vits
 from dinov2.models.weights import hub_cache_path, load_pretrained_weights, load_state_dict_from_url_or_path
-from dinov2.utils.errors import MissingPathError, UserError, WeightsError
 
 
 class _Payload:

@@ -8,7 +8,7 @@ from typing import Any
 
 from torchvision.datasets import VisionDataset
 
-from dinov2.utils.errors import DataError
+from dinov2.errors import DataError
 
 from .decoders import ImageDataDecoder, TargetDecoder
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dinov2.utils.errors import DataError, MissingPathError
+from dinov2.errors import DataError, MissingPathError
 
 from ._path_table import PathTable, PathTableDataset
 

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from dinov2.utils.errors import DataError, MissingPathError
+from dinov2.errors import DataError, MissingPathError
 
 from ._path_table import PathTable, PathTableDataset
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from dinov2.data.datasets import ImageFolder
 from dinov2.data.datasets.decoders import ImageDataDecoder, to_rgb
-from dinov2.utils.errors import DataError
+from dinov2.errors import DataError
 
 
 def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
