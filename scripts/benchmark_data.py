@@ -6,10 +6,12 @@ throughput) and through a DataLoader with ``--num-workers`` workers, for ours an
 ratio ours / plain. Usage::
 
     python scripts/benchmark_data.py --num-images 64 --num-workers 2
+
+"Ours" is the loader training builds (``dinov2.train.train.build_data_loader`` on the default config with these
+crops), so the figure is what training gets.
 """
 
 import argparse
-import functools
 import glob
 import os
 import tempfile
@@ -17,12 +19,13 @@ import time
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchvision import transforms
 
-from dinov2.data import DataAugmentationDINO, MaskingGenerator, SamplerType, collate_data_and_cast, make_data_loader
-from dinov2.data import make_dataset as dinov2_make_dataset
+from dinov2.train.train import build_data_loader
+from dinov2.utils.config import get_cfg_from_args
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -36,6 +39,33 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=2, help="passes over the images per measurement")
     parser.add_argument("--trials", type=int, default=3, help="alternating measurements; the best one is reported")
     return parser
+
+
+def _config(args: argparse.Namespace, image_dir: str) -> DictConfig:
+    """The default training config with this benchmark's crops, batch and workers (fp16 collation, as by default)."""
+    opts = [
+        f"train.dataset_path=ImageFolder:root={image_dir}",
+        f"train.batch_size_per_gpu={args.batch_size}",
+        f"train.num_workers={args.num_workers}",
+        f"crops.global_crops_size={args.global_crops_size}",
+        f"crops.local_crops_size={args.local_crops_size}",
+        f"crops.local_crops_number={args.local_crops_number}",
+        "student.patch_size=14",
+    ]
+    return get_cfg_from_args(argparse.Namespace(config_file="", output_dir="", opts=opts))
+
+
+class _ByIndex(Dataset):
+    """The training loader's dataset (indexed by ``(stream position, index)``) indexed by ``index`` alone."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        return self.dataset[(index, index)]
 
 
 def write_jpegs(directory: str, count: int) -> None:
@@ -126,22 +156,9 @@ def main(args: argparse.Namespace) -> None:
         os.environ.setdefault("DINOV2_CACHE_DIR", os.path.join(directory, "cache"))
         sizes = (args.global_crops_size, args.local_crops_size, args.local_crops_number)
 
-        ours = dinov2_make_dataset(
-            dataset_str=f"ImageFolder:root={image_dir}",
-            transform=DataAugmentationDINO((0.32, 1.0), (0.05, 0.32), args.local_crops_number, *sizes[:2]),
-            target_transform=lambda _: (),
-        )
+        loader = build_data_loader(_config(args, image_dir))  # the loader training uses
+        ours = _ByIndex(loader.dataset)  # its per-sample work: seeding, decoding, multi-crop augmentation
         plain = PlainFolder(image_dir, PlainMultiCrop(*sizes))
-
-        n_tokens = (args.global_crops_size // 14) ** 2
-        collate = functools.partial(
-            collate_data_and_cast,
-            mask_ratio_tuple=(0.1, 0.5),
-            mask_probability=0.5,
-            dtype=torch.half,
-            n_tokens=n_tokens,
-            mask_generator=MaskingGenerator(args.global_crops_size // 14, max_num_patches=n_tokens // 2),
-        )
         total = args.repeats * args.num_images
 
         def plain_loader() -> DataLoader:
@@ -149,13 +166,7 @@ def main(args: argparse.Namespace) -> None:
             return DataLoader(plain, batch_size=args.batch_size, num_workers=args.num_workers, sampler=sampler)
 
         def ours_loader() -> DataLoader:
-            return make_data_loader(
-                dataset=ours,
-                batch_size=args.batch_size,
-                num_workers=args.num_workers,
-                sampler_type=SamplerType.SHARDED_INFINITE,
-                collate_fn=collate,
-            )
+            return build_data_loader(_config(args, image_dir))
 
         measurements = {
             "1 process": (lambda: time_in_process(ours, args.repeats), lambda: time_in_process(plain, args.repeats)),

@@ -1,5 +1,5 @@
 """Speed, memory and model-FLOPs utilisation of one DINOv2 training step (student + teacher + heads + losses +
-AdamW + EMA), on synthetic collated batches (no data loading).
+AdamW + EMA), on one batch of generated images from the loader training uses, repeated (data loading not timed).
 
 Cases: ``vits14`` = ViT-S/14 with the reference crops (2 x 224 + 8 x 98), the ``train/vits14_1gpu`` preset (16384
 prototypes); ``tiny`` = the ``train/vit_tiny_cpu`` preset (ViT-Ti/16, 2 x 64 + 2 x 32); ``small`` = the main job's
@@ -23,14 +23,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the per-case processes import this script by name
 
 from dinov2 import distributed  # noqa: E402
-from dinov2.data import MaskingGenerator, collate_data_and_cast  # noqa: E402
 from dinov2.train import SSLMetaArch  # noqa: E402
-from dinov2.train.train import build_optimizer, build_schedulers, scheduled_values, train_step  # noqa: E402
+from dinov2.train.train import (  # noqa: E402
+    build_data_loader,
+    build_optimizer,
+    build_schedulers,
+    scheduled_values,
+    train_step,
+)
 from dinov2.utils.config import apply_scaling_rules_to_cfg, get_cfg_from_args  # noqa: E402
 
 CASES = {"vits14": "train/vits14_1gpu", "tiny": "train/vit_tiny_cpu", "small": "train/small_data"}
@@ -75,24 +81,16 @@ def _config(case: str, batch_size: int, precision: str, output_dir: str, compile
     return apply_scaling_rules_to_cfg(get_cfg_from_args(args))
 
 
-def _synthetic_batch(cfg, batch_size: int) -> dict:
-    """A collated batch of random crops with masks drawn as in training."""
-    g, loc, n_l, p = (
-        cfg.crops.global_crops_size,
-        cfg.crops.local_crops_size,
-        cfg.crops.local_crops_number,
-        cfg.student.patch_size,
-    )
-    sample = {"global_crops": [torch.randn(3, g, g)] * 2, "local_crops": [torch.randn(3, loc, loc)] * n_l}
-    grid = g // p
-    return collate_data_and_cast(
-        [(sample, ())] * batch_size,
-        mask_ratio_tuple=tuple(cfg.ibot.mask_ratio_min_max),
-        mask_probability=cfg.ibot.mask_sample_probability,
-        dtype=torch.float32,
-        n_tokens=grid * grid,
-        mask_generator=MaskingGenerator(input_size=(grid, grid), max_num_patches=0.5 * grid * grid),
-    )
+def _training_batch(cfg, batch_size: int, folder: str) -> dict:
+    """One batch from the loader training uses (``build_data_loader``), on ``batch_size`` generated images."""
+    rng = np.random.default_rng(0)
+    side = 2 * cfg.crops.global_crops_size
+    for i in range(batch_size):
+        pixels = rng.integers(0, 256, size=(side, side, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(Path(folder) / f"{i:04d}.png")
+    cfg.train.dataset_path = f"ImageFolder:root={folder}:extra={folder}/scan"  # the scan cache goes too
+    cfg.train.num_workers = 0
+    return next(iter(build_data_loader(cfg)))
 
 
 def _vit_forward_flops(model: torch.nn.Module, n_images: int, image_size: int) -> float:
@@ -164,7 +162,8 @@ def benchmark_case(
     model.train()
     optimizer = build_optimizer(cfg, model.get_params_groups())
     scheduled = scheduled_values(build_schedulers(cfg), 0)
-    batch = _synthetic_batch(cfg, batch_size)
+    with tempfile.TemporaryDirectory() as folder:
+        batch = _training_batch(cfg, batch_size, folder)
     device = model.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

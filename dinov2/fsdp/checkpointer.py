@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import pickle
-import random
 import re
 import shutil
 import warnings
@@ -47,47 +46,14 @@ from torch.distributed.checkpoint.state_dict import (
 
 from dinov2 import distributed
 from dinov2.errors import MissingPathError, NoSpaceError, WeightsError
+from dinov2.utils.rng import capture_rng_state, reseed_for_rank, restore_rng_state
 
-__all__ = ["Checkpointer", "capture_rng_state", "restore_rng_state", "save_teacher_checkpoint"]
+__all__ = ["Checkpointer", "save_teacher_checkpoint"]
 
 logger = logging.getLogger("dinov2")
 
 _COMPLETE_NAME = re.compile(r"^\d+$")
 _META_FILE = "checkpoint.json"
-
-
-def capture_rng_state() -> dict[str, Any]:
-    """RNG states of python ``random``, numpy, torch CPU and the current accelerator (if any) of this process."""
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.accelerator.is_available():
-        accelerator = torch.accelerator.current_accelerator()
-        state["accelerator"] = (accelerator.type, torch.get_device_module(accelerator).get_rng_state())
-    return state
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    """Inverse of :func:`capture_rng_state`; an accelerator state saved on another device type is skipped."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    saved = state.get("accelerator")
-    if saved is not None and torch.accelerator.is_available():
-        accelerator = torch.accelerator.current_accelerator()
-        if accelerator.type == saved[0]:
-            torch.get_device_module(accelerator).set_rng_state(saved[1])
-
-
-def _reseed_for_rank(rank: int) -> None:
-    """Derives fresh, rank-distinct seeds from the current torch stream (used when ranks share a restored state)."""
-    draw = int(torch.randint(0, 2**62, (1,)).item())
-    seed = (draw ^ (rank * 0x9E3779B97F4A7C15)) % (2**63)
-    torch.manual_seed(seed)
-    np.random.seed(seed % (2**32))
-    random.seed(seed)
 
 
 @contextlib.contextmanager
@@ -365,7 +331,7 @@ class Checkpointer:
             # so that a caller re-applying extra["rng"] later (after building its data iterator) gets it too.
             current = capture_rng_state()
             restore_rng_state(extra["rng"])
-            _reseed_for_rank(rank)
+            reseed_for_rank(rank)
             extra["rng"] = capture_rng_state()
             if not restore_rng:
                 restore_rng_state(current)

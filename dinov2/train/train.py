@@ -15,13 +15,11 @@ Runs as one process (CPU or one GPU), under ``torchrun --nproc_per_node N`` or u
 """
 
 import argparse
-import contextlib
 import copy
 import json
 import logging
 import math
 import os
-import random
 import sys
 import time
 from collections.abc import Iterator
@@ -30,17 +28,16 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from dinov2 import distributed
-from dinov2.data import DataAugmentationDINO, MaskingGenerator, collate_data_and_cast, make_dataset
-from dinov2.data.samplers import ShardedInfiniteSampler
+from dinov2.data import DataAugmentationDINO, MaskingGenerator, collate_data_and_cast
+from dinov2.data.ssl_loader import make_ssl_data_loader
 from dinov2.errors import ConfigError, MissingPathError
 from dinov2.fsdp import full_state_dict
 from dinov2.fsdp.checkpointer import Checkpointer, restore_rng_state, save_teacher_checkpoint
@@ -176,70 +173,11 @@ def apply_optim_scheduler(optimizer: torch.optim.Optimizer, lr: float, wd: float
 # -- data -----------------------------------------------------------------------------------------------------------
 
 
-def _no_target(_: Any) -> tuple:
-    return ()
-
-
-class _PositionedSampler(Sampler):
-    """Yields ``(position, index)``: each index with its position in the global sample stream (all ranks
-    interleaved: rank r's k-th sample after ``first_position`` is ``first_position + k * world_size + r``)."""
-
-    def __init__(self, sampler: Sampler, *, first_position: int, rank: int, world_size: int) -> None:
-        self.sampler = sampler
-        self.first_position, self.rank, self.world_size = first_position, rank, world_size
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        for k, index in enumerate(self.sampler):
-            yield self.first_position + k * self.world_size + self.rank, index
-
-
-@contextlib.contextmanager
-def _seeded(seed: int, position: int) -> Iterator[None]:
-    """Runs the body with the torch (CPU), numpy and python RNGs seeded from ``(seed, position)``; the previous
-    states are restored afterwards, so the caller's random streams are untouched."""
-    states = (random.getstate(), np.random.get_state())
-    mixed = (seed * 1_000_003 + position) % (2**63)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            # Only the CPU generator: torch.manual_seed also visits every accelerator (~1.5 ms per sample here).
-            torch.default_generator.manual_seed(mixed)
-            random.seed(mixed)
-            np.random.seed(mixed % (2**32))
-            yield
-    finally:
-        random.setstate(states[0])
-        np.random.set_state(states[1])
-
-
-class _SeededSamples(Dataset):
-    """Applies ``dataset[index]`` (decoding + augmentation) with RNGs seeded by the sample's stream position, so a
-    sample's crops do not depend on the worker that makes it: a resumed run redraws exactly the same crops, with any
-    ``num_workers``. Returns ``(crops, position)``; the position seeds the batch's masks in :func:`_seeded_collate`.
-    """
-
-    def __init__(self, dataset: Dataset, seed: int) -> None:
-        self.dataset, self.seed = dataset, seed
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, item: tuple[int, int]) -> tuple[Any, int]:
-        position, index = item
-        with _seeded(self.seed, position):
-            crops, _ = self.dataset[index]
-        return crops, position
-
-
-def _seeded_collate(samples: list[tuple[Any, int]], *, seed: int, collate_fn: Any) -> dict[str, Any]:
-    with _seeded(seed + 1, samples[0][1]):  # iBOT masks seeded by the batch's first position on this rank
-        return collate_fn(samples)
-
-
 def build_data_loader(cfg: DictConfig, start_iter: int = 0, *, samples_seen: int | None = None) -> DataLoader:
     """The training batches from iteration ``start_iter`` on: multi-crop augmentation, iBOT masks, and a sharded
     infinite sampler advanced by ``samples_seen`` (default ``start_iter`` x the global batch; a checkpoint records
     it, which matters when the world size changed), so a resumed run continues the sample order. Crops and masks
-    are seeded per sample position (see :class:`_SeededSamples`), so a resume is exact."""
+    are seeded per sample position (see ``dinov2.data.ssl_loader``), so a resume is exact."""
     img_size, patch_size = cfg.crops.global_crops_size, cfg.student.patch_size
     n_tokens = (img_size // patch_size) ** 2
     mask_generator = MaskingGenerator(
@@ -264,25 +202,18 @@ def build_data_loader(cfg: DictConfig, start_iter: int = 0, *, samples_seen: int
         mask_generator=mask_generator,
         dtype=as_torch_dtype(cfg.compute_precision.student.backbone.mixed_precision.param_dtype),
     )
-    dataset = make_dataset(dataset_str=cfg.train.dataset_path, transform=augmentation, target_transform=_no_target)
     rank, world_size = distributed.get_global_rank(), distributed.get_global_size()
     first_position = start_iter * cfg.train.batch_size_per_gpu * world_size if samples_seen is None else samples_seen
-    sampler = ShardedInfiniteSampler(
-        sample_count=len(dataset),
-        shuffle=True,
-        seed=cfg.train.seed,
-        start=rank,
-        step=world_size,
-        advance=first_position,
-    )
-    return DataLoader(
-        _SeededSamples(dataset, cfg.train.seed),
-        sampler=_PositionedSampler(sampler, first_position=first_position, rank=rank, world_size=world_size),
+    return make_ssl_data_loader(
+        cfg.train.dataset_path,
+        transform=augmentation,
+        collate_fn=collate_fn,
         batch_size=cfg.train.batch_size_per_gpu,
         num_workers=cfg.train.num_workers,
-        pin_memory=torch.accelerator.is_available(),
-        drop_last=True,
-        collate_fn=partial(_seeded_collate, seed=cfg.train.seed, collate_fn=collate_fn),
+        seed=cfg.train.seed,
+        first_position=first_position,
+        rank=rank,
+        world_size=world_size,
         worker_init_fn=ignore_stop_signals,
     )
 

@@ -12,7 +12,8 @@ from dinov2 import distributed
 from dinov2.configs import _CONFIGS_DIR, available_configs, dinov2_default_config, merge_strict
 from dinov2.errors import ConfigError, MissingPathError
 from dinov2.logging import FILE_ONLY, setup_logging
-from dinov2.utils.utils import fix_random_seeds, get_sha
+from dinov2.utils.rng import fix_random_seeds
+from dinov2.utils.utils import get_sha
 
 logger = logging.getLogger("dinov2")
 

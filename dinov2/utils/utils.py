@@ -1,22 +1,15 @@
 """Small general helpers kept at the reference's import path ``dinov2.utils.utils``."""
 
 import logging
-import random
 import subprocess
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
+from dinov2.utils.rng import fix_random_seeds  # noqa: F401  (the reference's import path)
+
 logger = logging.getLogger("dinov2")
-
-
-def fix_random_seeds(seed: int = 31) -> None:
-    """Seeds torch (all devices), numpy and python's ``random``."""
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    random.seed(seed)
 
 
 def get_sha() -> str:

@@ -17,7 +17,8 @@ from torch import nn
 
 import dinov2.fsdp.checkpointer as checkpointer_module
 from dinov2.errors import NoSpaceError
-from dinov2.fsdp.checkpointer import Checkpointer, restore_rng_state, save_teacher_checkpoint
+from dinov2.fsdp.checkpointer import Checkpointer, save_teacher_checkpoint
+from dinov2.utils.rng import restore_rng_state
 
 _ROOT = Path(__file__).resolve().parents[2]
 

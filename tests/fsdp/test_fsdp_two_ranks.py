@@ -9,7 +9,8 @@ from torch import nn
 
 from dinov2 import distributed
 from dinov2.fsdp import full_state_dict, is_sharded, register_forward_methods, shard_module
-from dinov2.fsdp.checkpointer import Checkpointer, restore_rng_state
+from dinov2.fsdp.checkpointer import Checkpointer
+from dinov2.utils.rng import restore_rng_state
 from tests.distributed.spawn import run_ranks
 
 

@@ -95,7 +95,7 @@ def test_unreadable_files_are_replaced_logged_once_and_counted(
                 image, target = dataset[index]
                 assert np.array_equal(np.asarray(image), good)  # deterministic replacement: the next good sample
     assert dataset.num_unreadable == 2
-    messages = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+    messages = [r.getMessage() for r in caplog.records if "skipping unreadable" in r.getMessage()]
     assert len(messages) == 2  # once per bad file, not once per access
     assert "1_truncated.jpg" in messages[0] and "2_text.jpg" in messages[1]
     assert "2 unreadable sample(s)" in messages[1]
