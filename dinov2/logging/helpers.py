@@ -114,9 +114,6 @@ class MetricLogger:
         for name, value in kwargs.items():
             self.meters[name].update(_as_float(name, value))
 
-    def add_meter(self, name: str, meter: SmoothedValue) -> None:
-        self.meters[name] = meter
-
     def __getattr__(self, name: str) -> SmoothedValue:
         meters = self.__dict__.get("meters", {})
         if name in meters:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dinov2 import distributed
-from dinov2.distributed import _parse_slurm_node_list, _TorchDistributedEnvironment
+from dinov2.distributed.environment import _parse_slurm_node_list, _TorchDistributedEnvironment
 from tests.distributed.spawn import run_ranks
 
 _TORCHRUN = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
