@@ -572,6 +572,51 @@ def make_train_data_loader(
     )
 
 
+def _test_sets(
+    val_dataset_str: str,
+    val_metric_type: MetricType,
+    test_dataset_strs: Sequence[str] | None,
+    test_metric_types: Sequence[MetricType] | None,
+    test_class_mapping_fpaths: Sequence[str | None],
+) -> tuple[list[str], list[MetricType], list[str | None]]:
+    """The test sets (the val set alone by default), each with its metric and its class-mapping file."""
+    test_dataset_strs = list(test_dataset_strs or [val_dataset_str])
+    test_metric_types = list(test_metric_types or [val_metric_type] * len(test_dataset_strs))
+    if len(test_metric_types) != len(test_dataset_strs):
+        raise ConfigError(
+            f"{len(test_metric_types)} --test-metric-types for {len(test_dataset_strs)} --test-datasets; give one each"
+        )
+    mapping_fpaths = list(test_class_mapping_fpaths)
+    if len(mapping_fpaths) == 1:
+        mapping_fpaths *= len(test_dataset_strs)
+    if len(mapping_fpaths) != len(test_dataset_strs):
+        raise ConfigError(f"{len(mapping_fpaths)} --test-class-mapping-fpaths for {len(test_dataset_strs)} test sets")
+    return test_dataset_strs, test_metric_types, mapping_fpaths
+
+
+def _build_probe(
+    model: nn.Module,
+    train_dataset: Dataset,
+    learning_rates: Sequence[float],
+    batch_size: int,
+    num_classes: int,
+    autocast_dtype: torch.dtype,
+    max_iter: int,
+) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer, Any]:
+    """The frozen feature model (the last blocks' tokens) and the grid of linear heads, with their SGD optimizer
+    and cosine schedule; the heads' input sizes are read off one training image's features."""
+    device = get_model_device(model)
+    autocast_ctx = partial(autocast_context, device, autocast_dtype)
+    feature_model = ModelWithIntermediateLayers(model, max(_N_LAST_BLOCKS_LIST), autocast_ctx)
+    sample_output = feature_model(train_dataset[0][0].unsqueeze(0).to(device))
+    linear_classifiers, optim_param_groups = setup_linear_classifiers(
+        sample_output, _N_LAST_BLOCKS_LIST, learning_rates, batch_size, num_classes
+    )
+    optimizer = torch.optim.SGD(optim_param_groups, momentum=0.9, weight_decay=0)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max_iter, eta_min=0)
+    return feature_model, linear_classifiers, optimizer, scheduler
+
+
 def run_eval_linear(
     model: nn.Module,
     output_dir: str,
@@ -601,40 +646,19 @@ def run_eval_linear(
     from dinov2.data.transforms import make_classification_train_transform
 
     seed = 0
-    if test_dataset_strs is None:
-        test_dataset_strs = [val_dataset_str]
-    if test_metric_types is None:
-        test_metric_types = [val_metric_type] * len(test_dataset_strs)
-    if len(test_metric_types) != len(test_dataset_strs):
-        raise ConfigError(
-            f"{len(test_metric_types)} --test-metric-types for {len(test_dataset_strs)} --test-datasets; give one each"
-        )
-    if len(test_class_mapping_fpaths) == 1:
-        test_class_mapping_fpaths = list(test_class_mapping_fpaths) * len(test_dataset_strs)
-    if len(test_class_mapping_fpaths) != len(test_dataset_strs):
-        raise ConfigError(
-            f"{len(test_class_mapping_fpaths)} --test-class-mapping-fpaths for {len(test_dataset_strs)} test sets"
-        )
+    test_dataset_strs, test_metric_types, test_class_mapping_fpaths = _test_sets(
+        val_dataset_str, val_metric_type, test_dataset_strs, test_metric_types, test_class_mapping_fpaths
+    )
     os.makedirs(output_dir, exist_ok=True)
-
     train_dataset = make_dataset(
         dataset_str=train_dataset_str,
         transform=make_classification_train_transform() if train_transform is None else train_transform,
     )
     training_num_classes = len(np.unique(_get_targets(train_dataset).astype(int)))
-
-    device = get_model_device(model)
-    n_last_blocks = max(_N_LAST_BLOCKS_LIST)
-    autocast_ctx = partial(autocast_context, device, autocast_dtype)
-    feature_model = ModelWithIntermediateLayers(model, n_last_blocks, autocast_ctx)
-    sample_output = feature_model(train_dataset[0][0].unsqueeze(0).to(device))
-
-    linear_classifiers, optim_param_groups = setup_linear_classifiers(
-        sample_output, _N_LAST_BLOCKS_LIST, learning_rates, batch_size, training_num_classes
-    )
-    optimizer = torch.optim.SGD(optim_param_groups, momentum=0.9, weight_decay=0)
     max_iter = epochs * epoch_length
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max_iter, eta_min=0)
+    feature_model, linear_classifiers, optimizer, scheduler = _build_probe(
+        model, train_dataset, learning_rates, batch_size, training_num_classes, autocast_dtype, max_iter
+    )
     checkpointer = Checkpointer(
         linear_classifiers, output_dir, save_to_disk=False, optimizer=optimizer, scheduler=scheduler
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dinov2.distributed import _TorchDistributedEnvironment
+from dinov2.distributed.environment import _TorchDistributedEnvironment
 from dinov2.run.submit import export_job_environment, get_args_parser, get_shared_folder, submit_jobs
 from dinov2.run.train.train import Trainer
 from dinov2.utils import cluster
