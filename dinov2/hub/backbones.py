@@ -1,11 +1,13 @@
 """torch.hub builders of the released DINOv2 backbones (ViT-S/B/L/g, patch 14, with and without registers)."""
 
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 
 from torch import nn
 
 from .utils import _DINOV2_BASE_URL, _make_dinov2_model_name
+from .variants import VARIANTS, entrypoint
 
 __all__ = [
     "Weights",
@@ -119,60 +121,18 @@ def _make_dinov2_model(
     return model
 
 
-def dinov2_vits14(*, pretrained: bool = True, weights: Weights | str = Weights.LVD142M, **kwargs: object) -> nn.Module:
-    """DINOv2 ViT-S/14 (21M parameters) pretrained on LVD-142M."""
-    return _make_dinov2_model(arch_name="vit_small", pretrained=pretrained, weights=weights, **kwargs)
+def _backbone(name: str) -> Callable[..., nn.Module]:
+    return entrypoint(
+        VARIANTS[name], _make_dinov2_model, "", "DINOv2 {}, pretrained on LVD-142M.", pretrained=True,
+        weights=Weights.LVD142M,
+    )  # fmt: skip
 
 
-def dinov2_vitb14(*, pretrained: bool = True, weights: Weights | str = Weights.LVD142M, **kwargs: object) -> nn.Module:
-    """DINOv2 ViT-B/14 (86M parameters) pretrained on LVD-142M."""
-    return _make_dinov2_model(arch_name="vit_base", pretrained=pretrained, weights=weights, **kwargs)
-
-
-def dinov2_vitl14(*, pretrained: bool = True, weights: Weights | str = Weights.LVD142M, **kwargs: object) -> nn.Module:
-    """DINOv2 ViT-L/14 (300M parameters) pretrained on LVD-142M."""
-    return _make_dinov2_model(arch_name="vit_large", pretrained=pretrained, weights=weights, **kwargs)
-
-
-def dinov2_vitg14(*, pretrained: bool = True, weights: Weights | str = Weights.LVD142M, **kwargs: object) -> nn.Module:
-    """DINOv2 ViT-g/14 (1,100M parameters) pretrained on LVD-142M."""
-    return _make_dinov2_model(
-        arch_name="vit_giant2", weights=weights, pretrained=pretrained, **{"ffn_layer": "swiglufused", **kwargs}
-    )
-
-
-def _reg_kwargs(kwargs: dict[str, object]) -> dict[str, object]:
-    return {"num_register_tokens": 4, "interpolate_antialias": True, "interpolate_offset": 0.0, **kwargs}
-
-
-def dinov2_vits14_reg(
-    *, pretrained: bool = True, weights: Weights | str = Weights.LVD142M, **kwargs: object
-) -> nn.Module:
-    """DINOv2 ViT-S/14 with 4 registers, pretrained on LVD-142M."""
-    return _make_dinov2_model(arch_name="vit_small", pretrained=pretrained, weights=weights, **_reg_kwargs(kwargs))
-
-
-def dinov2_vitb14_reg(
-    *, pretrained: bool = True, weights: Weights | str = Weights.LVD142M, **kwargs: object
-) -> nn.Module:
-    """DINOv2 ViT-B/14 with 4 registers, pretrained on LVD-142M."""
-    return _make_dinov2_model(arch_name="vit_base", pretrained=pretrained, weights=weights, **_reg_kwargs(kwargs))
-
-
-def dinov2_vitl14_reg(
-    *, pretrained: bool = True, weights: Weights | str = Weights.LVD142M, **kwargs: object
-) -> nn.Module:
-    """DINOv2 ViT-L/14 with 4 registers, pretrained on LVD-142M."""
-    return _make_dinov2_model(arch_name="vit_large", pretrained=pretrained, weights=weights, **_reg_kwargs(kwargs))
-
-
-def dinov2_vitg14_reg(
-    *, pretrained: bool = True, weights: Weights | str = Weights.LVD142M, **kwargs: object
-) -> nn.Module:
-    """DINOv2 ViT-g/14 with 4 registers, pretrained on LVD-142M."""
-    return _make_dinov2_model(
-        arch_name="vit_giant2",
-        pretrained=pretrained,
-        weights=weights,
-        **_reg_kwargs({"ffn_layer": "swiglufused", **kwargs}),
-    )
+dinov2_vits14 = _backbone("vits14")
+dinov2_vitb14 = _backbone("vitb14")
+dinov2_vitl14 = _backbone("vitl14")
+dinov2_vitg14 = _backbone("vitg14")
+dinov2_vits14_reg = _backbone("vits14_reg")
+dinov2_vitb14_reg = _backbone("vitb14_reg")
+dinov2_vitl14_reg = _backbone("vitl14_reg")
+dinov2_vitg14_reg = _backbone("vitg14_reg")

@@ -1,11 +1,13 @@
 """ImageNet-1k linear classifiers on the released backbones (``dinov2_vit*14[_reg]_lc`` hub entrypoints)."""
 
+from collections.abc import Callable
 from enum import Enum
 
 import torch
 from torch import nn
 
 from ._heads import load_head_weights, parse_weights
+from .variants import VARIANTS, entrypoint
 
 __all__ = [
     "Weights",
@@ -130,84 +132,18 @@ def _make_dinov2_linear_classifier(
     return _LinearClassifierWrapper(backbone=backbone, linear_head=linear_head, layers=layers)
 
 
-_REGISTERS = {"num_register_tokens": 4, "interpolate_antialias": True, "interpolate_offset": 0.0}
+def _classifier(name: str) -> Callable[..., _LinearClassifierWrapper]:
+    return entrypoint(
+        VARIANTS[name], _make_dinov2_linear_classifier, "_lc", "Linear classifier (ImageNet-1k) on DINOv2 {}.",
+        layers=4, pretrained=True, weights=Weights.IMAGENET1K,
+    )  # fmt: skip
 
 
-def dinov2_vits14_lc(
-    *, layers: int = 4, pretrained: bool = True, weights: Weights | str = Weights.IMAGENET1K, **kwargs
-) -> _LinearClassifierWrapper:
-    """Linear classifier (ImageNet-1k) on DINOv2 ViT-S/14."""
-    return _make_dinov2_linear_classifier(
-        arch_name="vit_small", layers=layers, pretrained=pretrained, weights=weights, **kwargs
-    )
-
-
-def dinov2_vitb14_lc(
-    *, layers: int = 4, pretrained: bool = True, weights: Weights | str = Weights.IMAGENET1K, **kwargs
-) -> _LinearClassifierWrapper:
-    """Linear classifier (ImageNet-1k) on DINOv2 ViT-B/14."""
-    return _make_dinov2_linear_classifier(
-        arch_name="vit_base", layers=layers, pretrained=pretrained, weights=weights, **kwargs
-    )
-
-
-def dinov2_vitl14_lc(
-    *, layers: int = 4, pretrained: bool = True, weights: Weights | str = Weights.IMAGENET1K, **kwargs
-) -> _LinearClassifierWrapper:
-    """Linear classifier (ImageNet-1k) on DINOv2 ViT-L/14."""
-    return _make_dinov2_linear_classifier(
-        arch_name="vit_large", layers=layers, pretrained=pretrained, weights=weights, **kwargs
-    )
-
-
-def dinov2_vitg14_lc(
-    *, layers: int = 4, pretrained: bool = True, weights: Weights | str = Weights.IMAGENET1K, **kwargs
-) -> _LinearClassifierWrapper:
-    """Linear classifier (ImageNet-1k) on DINOv2 ViT-g/14."""
-    return _make_dinov2_linear_classifier(
-        arch_name="vit_giant2",
-        layers=layers,
-        pretrained=pretrained,
-        weights=weights,
-        **{"ffn_layer": "swiglufused", **kwargs},
-    )
-
-
-def dinov2_vits14_reg_lc(
-    *, layers: int = 4, pretrained: bool = True, weights: Weights | str = Weights.IMAGENET1K, **kwargs
-) -> _LinearClassifierWrapper:
-    """Linear classifier (ImageNet-1k) on DINOv2 ViT-S/14 with registers."""
-    return _make_dinov2_linear_classifier(
-        arch_name="vit_small", layers=layers, pretrained=pretrained, weights=weights, **{**_REGISTERS, **kwargs}
-    )
-
-
-def dinov2_vitb14_reg_lc(
-    *, layers: int = 4, pretrained: bool = True, weights: Weights | str = Weights.IMAGENET1K, **kwargs
-) -> _LinearClassifierWrapper:
-    """Linear classifier (ImageNet-1k) on DINOv2 ViT-B/14 with registers."""
-    return _make_dinov2_linear_classifier(
-        arch_name="vit_base", layers=layers, pretrained=pretrained, weights=weights, **{**_REGISTERS, **kwargs}
-    )
-
-
-def dinov2_vitl14_reg_lc(
-    *, layers: int = 4, pretrained: bool = True, weights: Weights | str = Weights.IMAGENET1K, **kwargs
-) -> _LinearClassifierWrapper:
-    """Linear classifier (ImageNet-1k) on DINOv2 ViT-L/14 with registers."""
-    return _make_dinov2_linear_classifier(
-        arch_name="vit_large", layers=layers, pretrained=pretrained, weights=weights, **{**_REGISTERS, **kwargs}
-    )
-
-
-def dinov2_vitg14_reg_lc(
-    *, layers: int = 4, pretrained: bool = True, weights: Weights | str = Weights.IMAGENET1K, **kwargs
-) -> _LinearClassifierWrapper:
-    """Linear classifier (ImageNet-1k) on DINOv2 ViT-g/14 with registers."""
-    return _make_dinov2_linear_classifier(
-        arch_name="vit_giant2",
-        layers=layers,
-        pretrained=pretrained,
-        weights=weights,
-        **{"ffn_layer": "swiglufused", **_REGISTERS, **kwargs},
-    )
+dinov2_vits14_lc = _classifier("vits14")
+dinov2_vitb14_lc = _classifier("vitb14")
+dinov2_vitl14_lc = _classifier("vitl14")
+dinov2_vitg14_lc = _classifier("vitg14")
+dinov2_vits14_reg_lc = _classifier("vits14_reg")
+dinov2_vitb14_reg_lc = _classifier("vitb14_reg")
+dinov2_vitl14_reg_lc = _classifier("vitl14_reg")
+dinov2_vitg14_reg_lc = _classifier("vitg14_reg")

@@ -4,12 +4,13 @@ Fixed reference quirk: the linear head's depth range follows the weights (NYU 0.
 the reference hard-codes 80 m for every linear head (see README, "Differences from the reference").
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from enum import Enum
 from typing import Any
 
 from ._heads import load_head_weights, parse_weights
 from .depth import BNHead, DepthEncoderDecoder, DPTHead
+from .variants import VARIANTS, entrypoint
 
 __all__ = [
     "Weights",
@@ -202,150 +203,35 @@ def _make_dinov2_dpt_depther(
     )
 
 
-_REGISTERS: dict[str, Any] = {"num_register_tokens": 4, "interpolate_antialias": True, "interpolate_offset": 0.0}
-_GIANT: dict[str, Any] = {"ffn_layer": "swiglufused"}
+def _linear_depther(name: str) -> Callable[..., DepthEncoderDecoder]:
+    registers = VARIANTS[name].registers  # no released head: random unless head_weights= is given
+    return entrypoint(
+        VARIANTS[name], _make_dinov2_linear_depther, "_ld", "Linear depth estimator on DINOv2 {} (NYU or KITTI head).",
+        layers=4, pretrained=not registers, weights=Weights.NYU,
+    )  # fmt: skip
 
 
-def dinov2_vits14_ld(
-    *, layers: int = 4, pretrained: bool = True, weights: Weights | str = Weights.NYU, **kwargs: Any
-) -> DepthEncoderDecoder:
-    """Linear depth estimator on DINOv2 ViT-S/14 (NYU or KITTI head)."""
-    return _make_dinov2_linear_depther(
-        arch_name="vit_small", layers=layers, pretrained=pretrained, weights=weights, **kwargs
-    )
+def _dpt_depther(name: str) -> Callable[..., DepthEncoderDecoder]:
+    registers = VARIANTS[name].registers
+    return entrypoint(
+        VARIANTS[name], _make_dinov2_dpt_depther, "_dd", "DPT depth estimator on DINOv2 {} (NYU or KITTI head).",
+        pretrained=not registers, weights=Weights.NYU,
+    )  # fmt: skip
 
 
-def dinov2_vitb14_ld(
-    *, layers: int = 4, pretrained: bool = True, weights: Weights | str = Weights.NYU, **kwargs: Any
-) -> DepthEncoderDecoder:
-    """Linear depth estimator on DINOv2 ViT-B/14 (NYU or KITTI head)."""
-    return _make_dinov2_linear_depther(
-        arch_name="vit_base", layers=layers, pretrained=pretrained, weights=weights, **kwargs
-    )
-
-
-def dinov2_vitl14_ld(
-    *, layers: int = 4, pretrained: bool = True, weights: Weights | str = Weights.NYU, **kwargs: Any
-) -> DepthEncoderDecoder:
-    """Linear depth estimator on DINOv2 ViT-L/14 (NYU or KITTI head)."""
-    return _make_dinov2_linear_depther(
-        arch_name="vit_large", layers=layers, pretrained=pretrained, weights=weights, **kwargs
-    )
-
-
-def dinov2_vitg14_ld(
-    *, layers: int = 4, pretrained: bool = True, weights: Weights | str = Weights.NYU, **kwargs: Any
-) -> DepthEncoderDecoder:
-    """Linear depth estimator on DINOv2 ViT-g/14 (NYU or KITTI head)."""
-    return _make_dinov2_linear_depther(
-        arch_name="vit_giant2", layers=layers, pretrained=pretrained, weights=weights, **{**_GIANT, **kwargs}
-    )
-
-
-def dinov2_vits14_dd(
-    *, pretrained: bool = True, weights: Weights | str = Weights.NYU, **kwargs: Any
-) -> DepthEncoderDecoder:
-    """DPT depth estimator on DINOv2 ViT-S/14 (NYU or KITTI head)."""
-    return _make_dinov2_dpt_depther(arch_name="vit_small", pretrained=pretrained, weights=weights, **kwargs)
-
-
-def dinov2_vitb14_dd(
-    *, pretrained: bool = True, weights: Weights | str = Weights.NYU, **kwargs: Any
-) -> DepthEncoderDecoder:
-    """DPT depth estimator on DINOv2 ViT-B/14 (NYU or KITTI head)."""
-    return _make_dinov2_dpt_depther(arch_name="vit_base", pretrained=pretrained, weights=weights, **kwargs)
-
-
-def dinov2_vitl14_dd(
-    *, pretrained: bool = True, weights: Weights | str = Weights.NYU, **kwargs: Any
-) -> DepthEncoderDecoder:
-    """DPT depth estimator on DINOv2 ViT-L/14 (NYU or KITTI head)."""
-    return _make_dinov2_dpt_depther(arch_name="vit_large", pretrained=pretrained, weights=weights, **kwargs)
-
-
-def dinov2_vitg14_dd(
-    *, pretrained: bool = True, weights: Weights | str = Weights.NYU, **kwargs: Any
-) -> DepthEncoderDecoder:
-    """DPT depth estimator on DINOv2 ViT-g/14 (NYU or KITTI head)."""
-    return _make_dinov2_dpt_depther(
-        arch_name="vit_giant2", pretrained=pretrained, weights=weights, **{**_GIANT, **kwargs}
-    )
-
-
-# Register backbones: no depth heads were released, so these build random heads (pretrained=False, the default).
-
-
-def dinov2_vits14_reg_ld(
-    *, layers: int = 4, pretrained: bool = False, weights: Weights | str = Weights.NYU, **kwargs: Any
-) -> DepthEncoderDecoder:
-    """Linear depth estimator on DINOv2 ViT-S/14 with registers (head: random, or head_weights=<file>)."""
-    return _make_dinov2_linear_depther(
-        arch_name="vit_small", layers=layers, pretrained=pretrained, weights=weights, **{**_REGISTERS, **kwargs}
-    )
-
-
-def dinov2_vitb14_reg_ld(
-    *, layers: int = 4, pretrained: bool = False, weights: Weights | str = Weights.NYU, **kwargs: Any
-) -> DepthEncoderDecoder:
-    """Linear depth estimator on DINOv2 ViT-B/14 with registers (head: random, or head_weights=<file>)."""
-    return _make_dinov2_linear_depther(
-        arch_name="vit_base", layers=layers, pretrained=pretrained, weights=weights, **{**_REGISTERS, **kwargs}
-    )
-
-
-def dinov2_vitl14_reg_ld(
-    *, layers: int = 4, pretrained: bool = False, weights: Weights | str = Weights.NYU, **kwargs: Any
-) -> DepthEncoderDecoder:
-    """Linear depth estimator on DINOv2 ViT-L/14 with registers (head: random, or head_weights=<file>)."""
-    return _make_dinov2_linear_depther(
-        arch_name="vit_large", layers=layers, pretrained=pretrained, weights=weights, **{**_REGISTERS, **kwargs}
-    )
-
-
-def dinov2_vitg14_reg_ld(
-    *, layers: int = 4, pretrained: bool = False, weights: Weights | str = Weights.NYU, **kwargs: Any
-) -> DepthEncoderDecoder:
-    """Linear depth estimator on DINOv2 ViT-g/14 with registers (head: random, or head_weights=<file>)."""
-    return _make_dinov2_linear_depther(
-        arch_name="vit_giant2",
-        layers=layers,
-        pretrained=pretrained,
-        weights=weights,
-        **{**_GIANT, **{**_REGISTERS, **kwargs}},
-    )
-
-
-def dinov2_vits14_reg_dd(
-    *, pretrained: bool = False, weights: Weights | str = Weights.NYU, **kwargs: Any
-) -> DepthEncoderDecoder:
-    """DPT depth estimator on DINOv2 ViT-S/14 with registers (head: random, or head_weights=<file>)."""
-    return _make_dinov2_dpt_depther(
-        arch_name="vit_small", pretrained=pretrained, weights=weights, **{**_REGISTERS, **kwargs}
-    )
-
-
-def dinov2_vitb14_reg_dd(
-    *, pretrained: bool = False, weights: Weights | str = Weights.NYU, **kwargs: Any
-) -> DepthEncoderDecoder:
-    """DPT depth estimator on DINOv2 ViT-B/14 with registers (head: random, or head_weights=<file>)."""
-    return _make_dinov2_dpt_depther(
-        arch_name="vit_base", pretrained=pretrained, weights=weights, **{**_REGISTERS, **kwargs}
-    )
-
-
-def dinov2_vitl14_reg_dd(
-    *, pretrained: bool = False, weights: Weights | str = Weights.NYU, **kwargs: Any
-) -> DepthEncoderDecoder:
-    """DPT depth estimator on DINOv2 ViT-L/14 with registers (head: random, or head_weights=<file>)."""
-    return _make_dinov2_dpt_depther(
-        arch_name="vit_large", pretrained=pretrained, weights=weights, **{**_REGISTERS, **kwargs}
-    )
-
-
-def dinov2_vitg14_reg_dd(
-    *, pretrained: bool = False, weights: Weights | str = Weights.NYU, **kwargs: Any
-) -> DepthEncoderDecoder:
-    """DPT depth estimator on DINOv2 ViT-g/14 with registers (head: random, or head_weights=<file>)."""
-    return _make_dinov2_dpt_depther(
-        arch_name="vit_giant2", pretrained=pretrained, weights=weights, **{**_GIANT, **{**_REGISTERS, **kwargs}}
-    )
+dinov2_vits14_ld = _linear_depther("vits14")
+dinov2_vitb14_ld = _linear_depther("vitb14")
+dinov2_vitl14_ld = _linear_depther("vitl14")
+dinov2_vitg14_ld = _linear_depther("vitg14")
+dinov2_vits14_dd = _dpt_depther("vits14")
+dinov2_vitb14_dd = _dpt_depther("vitb14")
+dinov2_vitl14_dd = _dpt_depther("vitl14")
+dinov2_vitg14_dd = _dpt_depther("vitg14")
+dinov2_vits14_reg_ld = _linear_depther("vits14_reg")
+dinov2_vitb14_reg_ld = _linear_depther("vitb14_reg")
+dinov2_vitl14_reg_ld = _linear_depther("vitl14_reg")
+dinov2_vitg14_reg_ld = _linear_depther("vitg14_reg")
+dinov2_vits14_reg_dd = _dpt_depther("vits14_reg")
+dinov2_vitb14_reg_dd = _dpt_depther("vitb14_reg")
+dinov2_vitl14_reg_dd = _dpt_depther("vitl14_reg")
+dinov2_vitg14_reg_dd = _dpt_depther("vitg14_reg")

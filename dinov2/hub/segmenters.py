@@ -9,11 +9,13 @@ official configs (``{name}_{ade20k|voc2012}_{linear|ms}_config.py``):
   the ratios ``_MS_RATIOS``.
 """
 
+from collections.abc import Callable
 from enum import Enum
 from typing import Any, Literal
 
 from ._heads import load_head_weights, parse_weights
 from .segmentation import BNHead, SegmentationEncoderDecoder
+from .variants import VARIANTS, entrypoint
 
 __all__ = ["Weights", "dinov2_vitb14_ls", "dinov2_vitg14_ls", "dinov2_vitl14_ls", "dinov2_vits14_ls"]
 
@@ -97,51 +99,15 @@ def _make_dinov2_segmenter(
     return model
 
 
-def dinov2_vits14_ls(
-    *,
-    weights: Weights | str = Weights.ADE20K,
-    mode: Literal["linear", "ms"] = "linear",
-    pretrained: bool = True,
-    **kwargs: Any,
-) -> SegmentationEncoderDecoder:
-    """Linear semantic segmenter (ADE20K: 150 classes, VOC2012: 21) on DINOv2 ViT-S/14."""
-    return _make_dinov2_segmenter(arch_name="vit_small", weights=weights, mode=mode, pretrained=pretrained, **kwargs)
+def _segmenter(name: str) -> Callable[..., SegmentationEncoderDecoder]:
+    return entrypoint(
+        VARIANTS[name], _make_dinov2_segmenter, "_ls",
+        "Linear semantic segmenter (ADE20K: 150 classes, VOC2012: 21) on DINOv2 {}.",
+        weights=Weights.ADE20K, mode="linear", pretrained=True,
+    )  # fmt: skip
 
 
-def dinov2_vitb14_ls(
-    *,
-    weights: Weights | str = Weights.ADE20K,
-    mode: Literal["linear", "ms"] = "linear",
-    pretrained: bool = True,
-    **kwargs: Any,
-) -> SegmentationEncoderDecoder:
-    """Linear semantic segmenter (ADE20K: 150 classes, VOC2012: 21) on DINOv2 ViT-B/14."""
-    return _make_dinov2_segmenter(arch_name="vit_base", weights=weights, mode=mode, pretrained=pretrained, **kwargs)
-
-
-def dinov2_vitl14_ls(
-    *,
-    weights: Weights | str = Weights.ADE20K,
-    mode: Literal["linear", "ms"] = "linear",
-    pretrained: bool = True,
-    **kwargs: Any,
-) -> SegmentationEncoderDecoder:
-    """Linear semantic segmenter (ADE20K: 150 classes, VOC2012: 21) on DINOv2 ViT-L/14."""
-    return _make_dinov2_segmenter(arch_name="vit_large", weights=weights, mode=mode, pretrained=pretrained, **kwargs)
-
-
-def dinov2_vitg14_ls(
-    *,
-    weights: Weights | str = Weights.ADE20K,
-    mode: Literal["linear", "ms"] = "linear",
-    pretrained: bool = True,
-    **kwargs: Any,
-) -> SegmentationEncoderDecoder:
-    """Linear semantic segmenter (ADE20K: 150 classes, VOC2012: 21) on DINOv2 ViT-g/14."""
-    return _make_dinov2_segmenter(
-        arch_name="vit_giant2",
-        weights=weights,
-        mode=mode,
-        pretrained=pretrained,
-        **{"ffn_layer": "swiglufused", **kwargs},
-    )
+dinov2_vits14_ls = _segmenter("vits14")
+dinov2_vitb14_ls = _segmenter("vitb14")
+dinov2_vitl14_ls = _segmenter("vitl14")
+dinov2_vitg14_ls = _segmenter("vitg14")
