@@ -310,6 +310,26 @@ def _features_loader(features: torch.Tensor, labels: torch.Tensor, batch_size: i
     return DataLoader(TensorDataset(features, labels), batch_size=batch_size, drop_last=False, num_workers=0)
 
 
+def _fit_and_selection_sets(
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    finetune_features: torch.Tensor | None,
+    finetune_labels: torch.Tensor | None,
+    finetune_on_val: bool,
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """``(fit, selection)`` features and labels for the C sweep: all of train and the finetune set when there is
+    one; all of train and val with ``finetune_on_val``; else 90 % / 10 % of train (a fixed random split)."""
+    if finetune_features is not None:
+        return train, (finetune_features.float(), finetune_labels)
+    if finetune_on_val:
+        return train, val
+    features, labels = train
+    permutation = torch.randperm(len(features), generator=torch.Generator().manual_seed(0)).to(features.device)
+    split = max(1, len(features) // 10)
+    select_idx, fit_idx = permutation[:split], permutation[split:]
+    return (features[fit_idx], labels[fit_idx]), (features[select_idx], labels[select_idx])
+
+
 def eval_log_regression(
     *,
     model: nn.Module,
@@ -340,26 +360,13 @@ def eval_log_regression(
         finetune_features, finetune_labels = extract_features(
             model, finetune_dataset, batch_size, num_workers, gather_on_cpu
         )
+    else:
+        finetune_features = finetune_labels = None
     train_features, val_features = train_features.float(), val_features.float()
     num_classes = int(train_labels.max()) + 1
-
-    if finetune_dataset is None and finetune_on_val:
-        fit_features, fit_labels = train_features, train_labels
-        select_features, select_labels = val_features, val_labels
-    elif finetune_dataset is None:
-        generator = torch.Generator().manual_seed(0)
-        permutation = torch.randperm(len(train_features), generator=generator)
-        split = max(1, len(train_features) // 10)
-        select_idx, fit_idx = (
-            permutation[:split].to(train_features.device),
-            permutation[split:].to(train_features.device),
-        )
-        fit_features, fit_labels = train_features[fit_idx], train_labels[fit_idx]
-        select_features, select_labels = train_features[select_idx], train_labels[select_idx]
-    else:
-        fit_features, fit_labels = train_features, train_labels
-        select_features, select_labels = finetune_features.float(), finetune_labels
-
+    (fit_features, fit_labels), (select_features, select_labels) = _fit_and_selection_sets(
+        (train_features, train_labels), (val_features, val_labels), finetune_features, finetune_labels, finetune_on_val
+    )
     sweep = sweep_C_values(
         train_features=fit_features,
         train_labels=fit_labels,
