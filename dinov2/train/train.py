@@ -424,6 +424,28 @@ def _monitor_patience(max_iter: int) -> int:
     return int(min(500, max(20, max_iter // 20)))
 
 
+def _log_step(
+    metric_logger: MetricLogger,
+    monitor: CollapseMonitor,
+    iteration: int,
+    data: dict[str, Any],
+    scheduled: dict[str, float],
+    result: "StepResult",
+) -> None:
+    """Records a finite step: schedules, losses and their sum, gradient norms, the collapse statistics and each
+    loss's ratio to its uniform value (the collapse monitor warns from these)."""
+    ratios = monitor.update(iteration, {**result.losses, **result.stats})
+    metric_logger.update(
+        **scheduled,
+        current_batch_size=data["collated_global_crops"].shape[0] / 2,
+        total_loss=sum(result.losses.values()),
+        **result.losses,
+        **result.grad_norms,
+        **result.stats,
+        **ratios,
+    )
+
+
 def do_train(cfg: DictConfig, model: SSLMetaArch, resume: bool = False) -> dict[str, Any]:
     """Trains until ``optim.epochs * OFFICIAL_EPOCH_LENGTH`` iterations (or a stop signal) and returns the global
     averages of the logged meters, plus ``iteration`` (the last one run) and ``stopped`` (True after a signal)."""
@@ -460,18 +482,7 @@ def do_train(cfg: DictConfig, model: SSLMetaArch, resume: bool = False) -> dict[
             result = train_step(cfg, model, optimizer, data, scheduled, stop_request)
             nan_streak = _check_finite(cfg, model, iteration, result, scheduled, nan_streak)
             if not result.bad_ranks:
-                batch_size = data["collated_global_crops"].shape[0] / 2
-                total_loss = sum(result.losses.values())
-                ratios = monitor.update(iteration, {**result.losses, **result.stats})
-                metric_logger.update(
-                    **scheduled,
-                    current_batch_size=batch_size,
-                    total_loss=total_loss,
-                    **result.losses,
-                    **result.grad_norms,
-                    **result.stats,
-                    **ratios,
-                )
+                _log_step(metric_logger, monitor, iteration, data, scheduled, result)
             samples_seen += global_batch
             _periodic_outputs(
                 cfg, model, optimizer, checkpointer, iteration, samples_seen, result.stop, online_knn, metric_logger
