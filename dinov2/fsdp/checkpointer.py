@@ -322,30 +322,35 @@ class Checkpointer:
             set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
         if model_only:
             return {}
+        return _extras_for_this_rank(path, int(meta["world_size"]), restore_rng)
 
-        rank, old_world_size = distributed.get_global_rank(), int(meta["world_size"])
-        source_rank = rank % old_world_size
-        extra = load_extras(path / f"extra_rank_{source_rank}.pt")
-        if rank >= old_world_size:
-            # This rank borrowed another rank's RNG state: derive a distinct one, and return it in extra["rng"]
-            # so that a caller re-applying extra["rng"] later (after building its data iterator) gets it too.
-            current = capture_rng_state()
-            restore_rng_state(extra["rng"])
-            reseed_for_rank(rank)
-            extra["rng"] = capture_rng_state()
-            if not restore_rng:
-                restore_rng_state(current)
-        elif restore_rng:
-            restore_rng_state(extra["rng"])
-        if old_world_size != distributed.get_global_size():
-            logger.info(
-                "resumed %s saved by %d ranks on %d ranks (extras of rank %d used here)",
-                path,
-                old_world_size,
-                distributed.get_global_size(),
-                source_rank,
-            )
-        return extra
+
+def _extras_for_this_rank(path: Path, old_world_size: int, restore_rng: bool) -> dict[str, Any]:
+    """This rank's extras of checkpoint ``path`` (those of rank ``rank % old_world_size``), with the RNG states
+    restored when ``restore_rng``; a rank that borrowed another's states gets fresh, distinct ones."""
+    rank = distributed.get_global_rank()
+    source_rank = rank % old_world_size
+    extra = load_extras(path / f"extra_rank_{source_rank}.pt")
+    if rank >= old_world_size:
+        # This rank borrowed another rank's RNG state: derive a distinct one, and return it in extra["rng"]
+        # so that a caller re-applying extra["rng"] later (after building its data iterator) gets it too.
+        current = capture_rng_state()
+        restore_rng_state(extra["rng"])
+        reseed_for_rank(rank)
+        extra["rng"] = capture_rng_state()
+        if not restore_rng:
+            restore_rng_state(current)
+    elif restore_rng:
+        restore_rng_state(extra["rng"])
+    if old_world_size != distributed.get_global_size():
+        logger.info(
+            "resumed %s saved by %d ranks on %d ranks (extras of rank %d used here)",
+            path,
+            old_world_size,
+            distributed.get_global_size(),
+            source_rank,
+        )
+    return extra
 
 
 # What DCP's ``.metadata`` pickle may reference (read off the files torch writes); anything else is refused.
