@@ -9,13 +9,9 @@ entropy, the collapse monitor's inputs) and, when the run measured it, ``online_
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
-
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from dinov2.errors import MissingPathError
 from dinov2.train.collapse_monitor import uniform_loss_values

@@ -12,16 +12,12 @@ The PCA is fitted on the patches of all the given images together, so colours me
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from dinov2.data.transforms import make_normalize_transform
 from dinov2.errors import MissingPathError, WeightsError

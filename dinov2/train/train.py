@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,9 +30,6 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
-
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from dinov2 import distributed
 from dinov2.data import DataAugmentationDINO, MaskingGenerator, collate_data_and_cast
