@@ -38,12 +38,20 @@ def load_and_merge_config(config_name: str) -> DictConfig:
     return merge_strict(dinov2_default_config, load_config(config_name), source=f"config {config_name!r}")
 
 
-def merge_strict(base: DictConfig, *overrides: DictConfig, source: str = "override") -> DictConfig:
+def merge_strict(
+    base: DictConfig,
+    *overrides: DictConfig,
+    source: str = "override",
+    types_from: DictConfig | None = None,
+    check_range: bool = True,
+) -> DictConfig:
     """``OmegaConf.merge(base, *overrides)`` on a copy of ``base``, refusing keys that ``base`` does not have.
 
     The result is in struct mode, so reading or setting a misspelt key later raises too. An unknown key raises
     ConfigError naming the key, where it came from (``source``) and the closest existing keys; so does a value
-    whose type differs from the default's, or a count, rate or probability out of range (see ``checks``).
+    whose type differs from the one in ``types_from`` (default ``base``; pass the defaults when ``base`` is already
+    a merged config, so that a config file's int cannot forbid a float later), or, with ``check_range``, a count,
+    rate or probability out of range in the result (see ``checks``).
     """
     from dinov2.configs.checks import check_ranges, check_types
 
@@ -54,10 +62,11 @@ def merge_strict(base: DictConfig, *overrides: DictConfig, source: str = "overri
         if unknown:
             raise ConfigError(_unknown_keys_message(unknown, valid_keys, source))
         if isinstance(override, DictConfig):
-            check_types(merged, override, source)
+            check_types(merged if types_from is None else types_from, override, source)
     OmegaConf.set_struct(merged, True)
     merged = OmegaConf.merge(merged, *overrides)
-    check_ranges(merged)
+    if check_range:
+        check_ranges(merged)
     return merged
 
 

@@ -19,9 +19,8 @@ _PROBABILITY = (0, 1, True, True)
 _RANGES: dict[str, tuple[float, float, bool, bool]] = {
     **dict.fromkeys(
         [
-            "train.batch_size_per_gpu", "train.OFFICIAL_EPOCH_LENGTH", "train.max_to_keep", "optim.epochs",
-            "student.patch_size", "crops.global_crops_size", "crops.local_crops_size", "evaluation.online_knn.k",
-            "evaluation.online_knn.max_train_samples", "evaluation.online_knn.max_val_samples",
+            "train.batch_size_per_gpu", "train.OFFICIAL_EPOCH_LENGTH", "optim.epochs", "student.patch_size",
+            "crops.global_crops_size", "crops.local_crops_size", "evaluation.online_knn.k",
             *(f"{head}.{key}" for head in ("dino", "ibot") for key in (
                 "head_n_prototypes", "head_bottleneck_dim", "head_nlayers", "head_hidden_dim"
             )),
@@ -30,7 +29,8 @@ _RANGES: dict[str, tuple[float, float, bool, bool]] = {
     ),
     **dict.fromkeys(
         [
-            "train.num_workers", "train.saveckp_freq", "train.max_nan_steps", "train.seed", "student.depth",
+            "train.num_workers", "train.saveckp_freq", "train.max_to_keep", "train.max_nan_steps", "train.seed",
+            "student.depth",
             "student.block_chunks", "student.num_register_tokens", "student.layerscale", "optim.base_lr", "optim.lr",
             "optim.min_lr", "optim.weight_decay", "optim.weight_decay_end", "optim.warmup_epochs", "optim.clip_grad",
             "optim.freeze_last_layer_epochs", "optim.patch_embed_lr_mult", "crops.local_crops_number",

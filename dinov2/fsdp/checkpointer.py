@@ -158,14 +158,35 @@ class Checkpointer:
         return sorted(found, key=lambda path: int(path.name))
 
     def latest(self) -> Path | None:
-        """The newest complete checkpoint whose files match their recorded sizes and checksums, or None; a newer
-        one that does not is skipped with a warning naming it and what is wrong."""
-        for path in reversed(self.complete_checkpoints()):
+        """The newest complete checkpoint whose files match their recorded sizes and checksums, or None when there
+        is none. A newer one that does not match is moved to ``damaged_<name>`` (so that it neither counts for
+        pruning nor is tried again) with a warning naming it and what is wrong; when every checkpoint is damaged
+        this raises instead of starting over. Rank 0 checks and tells the others (collective with a process group).
+        """
+        found, error = self._newest_intact() if distributed.is_main_process() else (None, None)
+        found, error = distributed.broadcast_object((found, error))
+        if error:
+            raise WeightsError(error)
+        return None if found is None else Path(found)
+
+    def _newest_intact(self) -> tuple[str | None, str | None]:
+        complete = self.complete_checkpoints()
+        for path in reversed(complete):
             problem = self.verify(path)
             if problem is None:
-                return path
-            logger.warning("checkpoint %s is damaged (%s): using the one before it", path, problem)
-        return None
+                return str(path), None
+            damaged = path.with_name(f"damaged_{path.name}")
+            shutil.rmtree(damaged, ignore_errors=True)
+            os.replace(path, damaged)
+            logger.warning(
+                "checkpoint %s is damaged (%s): moved to %s, using the one before it", path, problem, damaged
+            )
+        if complete:
+            return None, (
+                f"every checkpoint under {self.directory} is damaged (moved to damaged_*): restore them, or start "
+                "over with --no-resume or another --output-dir"
+            )
+        return None, None
 
     @staticmethod
     def verify(path: Path) -> str | None:
@@ -177,7 +198,10 @@ class Checkpointer:
             return f"{_META_FILE} is unreadable: {e}"
         if recorded is None:
             return None
-        actual = _file_checksums(path)
+        try:
+            actual = _file_checksums(path)
+        except OSError as e:
+            return f"its files are unreadable: {e}"
         for name, (size, crc) in recorded.items():
             if name not in actual:
                 return f"{name} is missing"
@@ -234,16 +258,20 @@ class Checkpointer:
             _on_all_ranks("write extras", write_extra)
             _on_all_ranks("publish", publish if rank == 0 else None)  # nobody reads the folder before its rename
         except (Exception, CheckpointException) as error:  # (DCP's exception is a BaseException)
-            if rank == 0:  # a partial folder is of no use, and on a full disk it holds the space a retry needs
+            # Every step raises on every rank, so all ranks are here: agree on the cause, judged before the partial
+            # folder (of no use, and on a full disk holding the space a retry needs) is removed.
+            full = any(distributed.all_gather_object(_is_disk_full(error, self.directory)))
+            if rank == 0:
                 shutil.rmtree(tmp, ignore_errors=True)
-            if _is_disk_full(error, self.directory):
+            if full:
                 raise self._no_space_error(final, model, optimizer) from error
             raise
         logger.info("saved checkpoint %s", final)
         return final
 
     def _no_space_error(self, final: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> NoSpaceError:
-        previous = self.latest()
+        complete = self.complete_checkpoints()  # not latest(): no verification reads on the error path
+        previous = complete[-1] if complete else None
         if previous is not None:
             needed = sum(f.stat().st_size for f in previous.iterdir() if f.is_file())
         else:  # parameters, and AdamW's two moments (a lower bound when sharded: this rank's part)
@@ -301,7 +329,8 @@ class Checkpointer:
         types, its non-tensor items and the extras load with ``weights_only=True``."""
         path = Path(path)
         if not (path / _META_FILE).is_file() or not (path / ".metadata").is_file():
-            latest = self.latest()
+            complete = self.complete_checkpoints()
+            latest = complete[-1] if complete else None
             raise MissingPathError(
                 f"{path} is not a complete checkpoint (no {_META_FILE} or .metadata); "
                 f"the newest complete one here is {latest}"

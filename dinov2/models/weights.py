@@ -56,7 +56,8 @@ def _unreadable(path: Path, error: Exception, shown_as: str) -> WeightsError:
             "instead: torch.save(model.state_dict(), path)"
         )
     elif header == _ZIP_MAGIC:
-        reason = f"is a damaged or truncated PyTorch checkpoint ({size} bytes, an unreadable archive): copy it again"
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = f"is a damaged or truncated PyTorch checkpoint ({size} bytes; {detail}): copy it again"
     else:
         reason = f"is not a PyTorch weights file ({size} bytes, starting with {header!r})"
     return WeightsError(f"{shown_as} {reason}")

@@ -598,7 +598,7 @@ def check_resume_config(cfg: DictConfig, allow_safe_changes: bool = False) -> No
     started with (its ``config.yaml``), naming the changed keys and the ways out; ``allow_safe_changes`` lets the
     keys of ``_RESUMABLE_CHANGES`` change."""
     output_dir = Path(cfg.train.output_dir)
-    if not (output_dir / "config.yaml").is_file() or Checkpointer(output_dir).latest() is None:
+    if not (output_dir / "config.yaml").is_file() or not Checkpointer(output_dir).complete_checkpoints():
         return
     old, new = _flat_values(OmegaConf.load(output_dir / "config.yaml")), _flat_values(cfg)
     changed = {key: (old.get(key), new.get(key)) for key in old.keys() | new.keys() if old.get(key) != new.get(key)}

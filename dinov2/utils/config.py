@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dinov2 import distributed
 from dinov2.configs import _CONFIGS_DIR, available_configs, dinov2_default_config, merge_strict
+from dinov2.configs.checks import check_ranges
 from dinov2.errors import ConfigError, MissingPathError
 from dinov2.logging import FILE_ONLY, setup_logging
 from dinov2.utils.rng import fix_random_seeds
@@ -88,12 +89,16 @@ def get_cfg_from_args(args: argparse.Namespace) -> DictConfig:
     config_file = getattr(args, "config_file", "") or ""
     if config_file:
         path = resolve_config_file(config_file)
-        cfg = merge_strict(dinov2_default_config, OmegaConf.load(path), source=f"config file {str(path)!r}")
+        file_cfg = OmegaConf.load(path)
+        cfg = merge_strict(dinov2_default_config, file_cfg, source=f"config file {str(path)!r}", check_range=False)
     else:
         cfg = merge_strict(dinov2_default_config)
     opts = list(getattr(args, "opts", None) or [])
     if opts:
-        cfg = merge_strict(cfg, _parse_opts(opts), source="command-line overrides")
+        cfg = merge_strict(
+            cfg, _parse_opts(opts), source="command-line overrides", types_from=dinov2_default_config, check_range=False
+        )
+    check_ranges(cfg)  # once, on the result: an override may correct a file's value
     cfg.train.output_dir = args.output_dir
     return cfg
 

@@ -78,3 +78,28 @@ def test_a_config_file_is_checked_too(tmp_path) -> None:
 def test_packaged_configs_pass_the_checks() -> None:
     load_and_merge_config("train/vitl14")
     load_and_merge_config("train/small_data")
+
+
+def test_types_follow_the_defaults_not_a_config_file(tmp_path) -> None:
+    """A config file (e.g. a copy of the reference's) writing 1 where the default is 1.0 does not forbid 0.9995."""
+    path = tmp_path / "reference_like.yaml"
+    OmegaConf.save(OmegaConf.create({"teacher": {"final_momentum_teacher": 1}, "optim": {"clip_grad": 3}}), path)
+    args = argparse.Namespace(config_file=str(path), opts=["teacher.final_momentum_teacher=0.9995"], output_dir="")
+    assert get_cfg_from_args(args).teacher.final_momentum_teacher == 0.9995
+
+
+def test_ranges_are_checked_once_on_the_result(tmp_path) -> None:
+    path = tmp_path / "zero_epochs.yaml"
+    OmegaConf.save(OmegaConf.create({"optim": {"epochs": 0}}), path)
+    with pytest.raises(ConfigError, match=r"optim\.epochs=0 must be >= 1"):
+        get_cfg_from_args(argparse.Namespace(config_file=str(path), opts=[], output_dir=""))
+    fixed = get_cfg_from_args(argparse.Namespace(config_file=str(path), opts=["optim.epochs=3"], output_dir=""))
+    assert fixed.optim.epochs == 3
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["train.max_to_keep=0", "evaluation.online_knn.max_train_samples=0", "evaluation.online_knn.max_val_samples=-1"],
+)
+def test_documented_zero_meanings_pass(override: str) -> None:
+    _cfg(override)  # 0 keeps every checkpoint; <= 0 uses the whole set

@@ -123,3 +123,12 @@ def test_val_labels_follow_the_training_class_names(tmp_path, monkeypatch):
     argv = [*common, "--val-dataset", f"ImageFolder:root={tmp_path / 'odd'}", "--output-dir", str(tmp_path / "k2")]
     with pytest.raises(ValueError, match="1 class\\(es\\) the training set lacks: d"):
         knn.main(knn.get_args_parser().parse_args(argv))
+    # logistic regression matches the classes the same way
+    out = tmp_path / "logreg"
+    argv = [
+        *common[: common.index("--nb_knn")], "--val-dataset", f"ImageFolder:root={tmp_path / 'val'}",
+        "--output-dir", str(out), "--c-power-range", "0", "0", "1", "--max-train-iters", "20", "--num-workers", "0",
+    ]  # fmt: skip
+    assert log_regression.main(log_regression.get_args_parser().parse_args(argv)) == 0
+    result = json.loads((out / "results_eval_log_regression.json").read_text().splitlines()[0])
+    assert result["top-1"] == pytest.approx(100.0)  # val's b and c scored as train's b and c

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 import dinov2.fsdp.checkpointer as checkpointer_module
-from dinov2.errors import NoSpaceError
+from dinov2.errors import NoSpaceError, WeightsError
 from dinov2.fsdp.checkpointer import Checkpointer, save_teacher_checkpoint
 from dinov2.utils.rng import restore_rng_state
 
@@ -318,3 +318,15 @@ def test_own_checkpoints_still_load_weights_only(tmp_path: Path) -> None:
     extra = checkpointer.load(path, model=model, optimizer=optimizer)
     assert extra["iteration"] == 3 and isinstance(extra["rng"]["numpy"][1], np.ndarray)
     assert torch.equal(model.center, _trained(1)[0].center)
+
+
+def test_a_damaged_checkpoint_is_set_aside_and_all_damaged_is_an_error(tmp_path: Path) -> None:
+    model, optimizer = _trained(4)
+    checkpointer = Checkpointer(tmp_path, max_to_keep=1)
+    only = checkpointer.save(1, model=model, optimizer=optimizer)
+    (only / "extra_rank_0.pt").write_bytes(b"overwritten")
+    with pytest.raises(WeightsError, match="every checkpoint under .* is damaged"):
+        checkpointer.latest()
+    assert not only.exists() and (tmp_path / "ckpt" / "damaged_0000001").is_dir()  # kept for inspection
+    # set aside, it neither counts for pruning nor hides a later good checkpoint
+    assert checkpointer.save(2, model=model, optimizer=optimizer) == checkpointer.latest()

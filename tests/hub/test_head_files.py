@@ -64,8 +64,9 @@ def test_register_depthers_take_a_head_file(tmp_path: Path, monkeypatch: pytest.
     head = hubconf.dinov2_vits14_reg_ld(pretrained=False, **_SMALL).decode_head
     path = tmp_path / "head.pth"
     torch.save({f"decode_head.{k}": v for k, v in head.state_dict().items()}, path)
-    model = hubconf.dinov2_vits14_reg_ld(head_weights=str(path), **_SMALL)
+    model = hubconf.dinov2_vits14_reg_ld(head_weights=str(path), weights="KITTI", **_SMALL)
     assert torch.equal(model.decode_head.state_dict()["conv_depth.weight"], head.state_dict()["conv_depth.weight"])
+    assert model.decode_head.max_depth == 80.0  # weights= still sets the depth range of the given head
 
 
 # keywords of the backbone builder that every entrypoint passes on (values as the released models use them)
