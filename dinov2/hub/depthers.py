@@ -120,7 +120,9 @@ def _build_depther(
             "No depth head weights were released for the register backbones; build it with pretrained=False "
             "(random backbone and head), or pass your own head file with head_weights=<path or URL>"
         )
-    min_depth, max_depth = _get_depth_range(pretrained or bool(head_weights), weights) if depth_range is None else tuple(depth_range)
+    min_depth, max_depth = (
+        _get_depth_range(pretrained or bool(head_weights), weights) if depth_range is None else tuple(depth_range)
+    )
     if not 0 < min_depth < max_depth:
         raise ValueError(f"depth_range must be (min, max) with 0 < min < max, got {(min_depth, max_depth)}")
     backbone = _make_dinov2_model(
