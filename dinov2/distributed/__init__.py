@@ -14,6 +14,7 @@ Discovery order used by :func:`enable`:
 A world size of 1 (e.g. ``torchrun --nproc_per_node=1``) also runs without a process group.
 """
 
+from . import collectives, devices, process_group, state
 from .collectives import (
     all_gather_object,
     all_gather_tensor,
@@ -27,23 +28,4 @@ from .devices import get_collective_device, get_device, get_device_mesh
 from .process_group import disable, enable
 from .state import get_global_rank, get_global_size, get_local_rank, get_local_size, is_enabled, is_main_process
 
-__all__ = [
-    "is_enabled",
-    "get_global_size",
-    "get_global_rank",
-    "get_local_rank",
-    "get_local_size",
-    "is_main_process",
-    "enable",
-    "disable",
-    "get_device",
-    "get_device_mesh",
-    "get_collective_device",
-    "barrier",
-    "all_reduce",
-    "all_reduce_async",
-    "all_gather_tensor",
-    "all_gather_object",
-    "broadcast",
-    "broadcast_object",
-]
+__all__ = [*state.__all__, *process_group.__all__, *devices.__all__, *collectives.__all__]

@@ -13,6 +13,7 @@ code runs in one process. Mixed precision then comes from :func:`autocast_contex
 
 from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 
+from . import precision, sharding, state_dict
 from .precision import autocast_context
 from .sharding import (
     SHARDING_STRATEGIES,
@@ -26,16 +27,4 @@ from .sharding import (
 )
 from .state_dict import full_state_dict
 
-__all__ = [
-    "SHARDING_STRATEGIES",
-    "ShardedGradScaler",
-    "ShardingOptions",
-    "autocast_context",
-    "full_state_dict",
-    "get_fsdp_wrapper",
-    "get_sharding_options",
-    "is_sharded",
-    "register_forward_methods",
-    "reshard_fsdp_model",
-    "shard_module",
-]
+__all__ = ["ShardedGradScaler", *precision.__all__, *sharding.__all__, *state_dict.__all__]
