@@ -131,12 +131,17 @@ def test_cpu_training_job_runs_to_the_end_then_knn(slurm: None, images: Path, tm
     assert "('full', 3) Top 1" in (knn_out / "results_eval_knn.json").read_text()
 
 
-@pytest.mark.parametrize("signal_after", [5, 25], ids=["before-first-checkpoint", "after-a-checkpoint"])
+# The signalled runs are longer (200 iterations, a periodic checkpoint at 100), so that the signal lands well before
+# the first checkpoint or well after it, however fast the iterations are.
+_LONGER = ("optim.epochs=20", "train.saveckp_freq=100", "evaluation.eval_period_iterations=100")
+
+
+@pytest.mark.parametrize("signal_after", [5, 105], ids=["before-first-checkpoint", "after-a-checkpoint"])
 def test_usr2_saves_requeues_and_resumes_without_losing_an_iteration(
     slurm: None, images: Path, tmp_path: Path, signal_after: int
 ) -> None:
     out = tmp_path / "train"
-    job_id = _submit("dinov2/run/train/train.py", *_train_args(out, images))
+    job_id = _submit("dinov2/run/train/train.py", *_train_args(out, images), *_LONGER)  # later overrides win
     metrics = out / "training_metrics.json"
     _wait_for(lambda: max(_iterations(metrics), default=-1) >= signal_after, 300, f"iteration {signal_after}")
     seen = max(_iterations(metrics))
@@ -145,12 +150,13 @@ def test_usr2_saves_requeues_and_resumes_without_losing_an_iteration(
 
     iterations = _iterations(metrics)
     assert iterations == sorted(set(iterations)), "an iteration was logged twice"
-    assert max(iterations) == 39
+    assert max(iterations) == 199
     log = (out / "logs" / "log.txt").read_text()
     stopped = re.search(r"stopped by SIGUSR2 .*: checkpoint of iteration (\d+) saved", log)
     resumed = re.search(r"resumed from .* \(iteration (\d+)\)", log)
     assert stopped and resumed, log[-3000:]
     assert int(resumed.group(1)) == int(stopped.group(1)) >= seen  # nothing done before the signal is redone
+    assert (int(stopped.group(1)) < 99) == (signal_after < 99)  # stopped on the intended side of the checkpoint
     job_logs = _job_logs(out, job_id)
     assert "Traceback" not in job_logs and "Traceback" not in log
     assert "Requeued job" in job_logs or "requeuing the job" in log

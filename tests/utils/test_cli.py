@@ -24,7 +24,7 @@ def test_a_wrong_config_value_is_one_line_and_status_2(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-2:] == [
         "error: wrong type of config value(s) in command-line overrides:",
-        "  optim.epochs='abc' is a string; expected an integer like 5",
+        "  optim.epochs='abc' is a string; expected an integer like 100",
     ]
     debug = _run(args[0], "--debug", *args[1:], cwd=tmp_path)  # flags go before the key=value overrides
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "ConfigError" in debug.stderr
