@@ -131,12 +131,12 @@ def test_cpu_training_job_runs_to_the_end_then_knn(slurm: None, images: Path, tm
     assert "('full', 3) Top 1" in (knn_out / "results_eval_knn.json").read_text()
 
 
-# The signalled runs are longer (200 iterations, a periodic checkpoint at 100), so that the signal lands well before
+# The signalled runs are longer (120 iterations, a periodic checkpoint at 60), so that the signal lands well before
 # the first checkpoint or well after it, however fast the iterations are.
-_LONGER = ("optim.epochs=20", "train.saveckp_freq=100", "evaluation.eval_period_iterations=100")
+_LONGER = ("optim.epochs=12", "train.saveckp_freq=60", "evaluation.eval_period_iterations=60")
 
 
-@pytest.mark.parametrize("signal_after", [5, 105], ids=["before-first-checkpoint", "after-a-checkpoint"])
+@pytest.mark.parametrize("signal_after", [5, 65], ids=["before-first-checkpoint", "after-a-checkpoint"])
 def test_usr2_saves_requeues_and_resumes_without_losing_an_iteration(
     slurm: None, images: Path, tmp_path: Path, signal_after: int
 ) -> None:
@@ -150,13 +150,13 @@ def test_usr2_saves_requeues_and_resumes_without_losing_an_iteration(
 
     iterations = _iterations(metrics)
     assert iterations == sorted(set(iterations)), "an iteration was logged twice"
-    assert max(iterations) == 199
+    assert max(iterations) == 119
     log = (out / "logs" / "log.txt").read_text()
     stopped = re.search(r"stopped by SIGUSR2 .*: checkpoint of iteration (\d+) saved", log)
     resumed = re.search(r"resumed from .* \(iteration (\d+)\)", log)
     assert stopped and resumed, log[-3000:]
     assert int(resumed.group(1)) == int(stopped.group(1)) >= seen  # nothing done before the signal is redone
-    assert (int(stopped.group(1)) < 99) == (signal_after < 99)  # stopped on the intended side of the checkpoint
+    assert (int(stopped.group(1)) < 59) == (signal_after < 59)  # stopped on the intended side of the checkpoint
     job_logs = _job_logs(out, job_id)
     assert "Traceback" not in job_logs and "Traceback" not in log
     assert "Requeued job" in job_logs or "requeuing the job" in log
