@@ -250,6 +250,29 @@ def create_module_dict(
     return ModuleDictWithForward(modules)
 
 
+def _bank(
+    model: nn.Module,
+    train_dataset: Dataset,
+    batch_size: int,
+    num_workers: int,
+    gather_on_cpu: bool,
+    center_features: bool,
+) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """The normalised training features and labels, and the model that maps queries the same way (mean-centred
+    first with ``center_features``)."""
+    logger.info("Extracting features for train set...")
+    if center_features:
+        features, labels = extract_features(model, train_dataset, batch_size, num_workers, gather_on_cpu=gather_on_cpu)
+        mean = features.mean(dim=0, keepdim=True)  # [1, D]
+        features = F.normalize(features - mean, dim=1)
+        model = ModelWithNormalize(_Centered(model, mean.to(get_model_device(model))))
+    else:
+        model = ModelWithNormalize(model)
+        features, labels = extract_features(model, train_dataset, batch_size, num_workers, gather_on_cpu=gather_on_cpu)
+    logger.info("Train features created, shape %s.", tuple(features.shape))
+    return model, features, labels
+
+
 def eval_knn(
     model: nn.Module,
     train_dataset: Dataset,
@@ -270,20 +293,9 @@ def eval_knn(
     with ``center_features``). Call it under the autocast you want.
     """
     device = get_model_device(model)
-    logger.info("Extracting features for train set...")
-    if center_features:
-        train_features, train_labels = extract_features(
-            model, train_dataset, batch_size, num_workers, gather_on_cpu=gather_on_cpu
-        )
-        mean = train_features.mean(dim=0, keepdim=True)  # [1, D]
-        train_features = F.normalize(train_features - mean, dim=1)
-        model = ModelWithNormalize(_Centered(model, mean.to(device)))
-    else:
-        model = ModelWithNormalize(model)
-        train_features, train_labels = extract_features(
-            model, train_dataset, batch_size, num_workers, gather_on_cpu=gather_on_cpu
-        )
-    logger.info("Train features created, shape %s.", tuple(train_features.shape))
+    model, train_features, train_labels = _bank(
+        model, train_dataset, batch_size, num_workers, gather_on_cpu, center_features
+    )
 
     val_dataloader = make_inference_data_loader(
         val_dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=device.type != "cpu"
@@ -309,19 +321,20 @@ def eval_knn(
     model_with_knn = nn.Sequential(model, knn_module_dict)
 
     _, results_dict = evaluate(model_with_knn, val_dataloader, postprocessors, metrics, device)
+    return _average_tries(results_dict)
 
-    # Average the few-shot tries.
-    averaged: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
-    counts: dict[tuple[str, int], int] = {}
-    for (n_per_class, _, k), result in results_dict.items():
-        key = (n_per_class, k)
-        if key not in averaged:
-            averaged[key], counts[key] = {name: value.clone() for name, value in result.items()}, 1
-        else:
-            for name, value in result.items():
-                averaged[key][name] += value
-            counts[key] += 1
-    return {key: {name: value / counts[key] for name, value in result.items()} for key, result in averaged.items()}
+
+def _average_tries(
+    results: dict[tuple[str, int, int], dict[str, torch.Tensor]],
+) -> dict[tuple[str, int], dict[str, torch.Tensor]]:
+    """``{(subset, try, k): metrics}`` -> ``{(subset, k): metrics averaged over the few-shot tries}``."""
+    grouped: dict[tuple[str, int], list[dict[str, torch.Tensor]]] = {}
+    for (n_per_class, _, k), result in results.items():
+        grouped.setdefault((n_per_class, k), []).append(result)
+    return {
+        key: {name: sum(result[name] for result in tries) / len(tries) for name in tries[0]}
+        for key, tries in grouped.items()
+    }
 
 
 def eval_knn_with_model(

@@ -388,6 +388,19 @@ def eval_linear(
     return val_results_dict, feature_model, linear_classifiers, iteration
 
 
+def _save_and_stop(periodic_checkpointer: PeriodicCheckpointer, iteration: int, stop_request: StopRequest) -> None:
+    """Saves the running checkpoint and raises :class:`Stopped` (a stop signal arrived on some rank)."""
+    if distributed.is_main_process():
+        periodic_checkpointer.save("running_checkpoint_linear_eval", iteration=iteration)
+    logger.info(
+        "stopped by %s (preemption, time limit or kill): checkpoint of iteration %d saved; re-running the same "
+        "command resumes from it",
+        signal_name(stop_request.signum),
+        iteration,
+    )
+    raise Stopped(f"stopped at iteration {iteration}")
+
+
 def _train_linear_classifiers(
     *,
     feature_model: nn.Module,
@@ -415,40 +428,26 @@ def _train_linear_classifiers(
     linear_classifiers.train()
     for data, labels in _infinite(train_data_loader):
         data, labels = data.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        features = feature_model(data)
-        outputs = linear_classifiers(features)
-        loss = sum(criterion(logits, labels) for logits in outputs.values())
-
+        outputs = linear_classifiers(feature_model(data))
+        loss = sum(criterion(logits, labels) for logits in outputs.values())  # one backward trains every head
         optimizer.zero_grad()
         loss.backward()
         _average_gradients(linear_classifiers)
         optimizer.step()
         scheduler.step()
-
         if iteration % 10 == 0 or iteration == max_iter - 1:
+            lr = optimizer.param_groups[0]["lr"]
             logger.info(
-                "Training [%d/%d] loss (sum over %d heads): %.4f lr: %.6f",
-                iteration + 1,
-                max_iter,
-                len(outputs),
-                loss.item(),
-                optimizer.param_groups[0]["lr"],
-            )
+                "Training [%d/%d] loss (sum over %d heads): %.4f lr: %.6f", iteration + 1, max_iter, len(outputs),
+                loss.item(), lr,
+            )  # fmt: skip
         if iteration - start_iter > 5 and iteration % running_checkpoint_period == 0:
             if distributed.is_main_process():
                 logger.info("Checkpointing running_checkpoint")
                 periodic_checkpointer.save("running_checkpoint_linear_eval", iteration=iteration)
         periodic_checkpointer.step(iteration)
         if stop_request.any_rank():
-            if distributed.is_main_process():
-                periodic_checkpointer.save("running_checkpoint_linear_eval", iteration=iteration)
-            logger.info(
-                "stopped by %s (preemption, time limit or kill): checkpoint of iteration %d saved; re-running the "
-                "same command resumes from it",
-                signal_name(stop_request.signum),
-                iteration,
-            )
-            raise Stopped(f"stopped at iteration {iteration}")
+            _save_and_stop(periodic_checkpointer, iteration, stop_request)
 
         if eval_period > 0 and (iteration + 1) % eval_period == 0 and iteration != max_iter - 1:
             evaluate_linear_classifiers(
