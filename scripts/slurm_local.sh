@@ -158,6 +158,15 @@ start_mariadb() {
   die "mariadbd did not come up"
 }
 
+install_if_changed() {  # install_if_changed <new file> <destination> <mode>: 0 if the destination changed, else 1
+  chmod "$3" "$1"
+  if [[ -f "$2" ]] && cmp -s "$1" "$2"; then
+    rm -f "$1"; return 1
+  fi
+  mv "$1" "$2"
+  return 0
+}
+
 write_dbd_conf() {  # returns 0 if content changed
   local tmp
   tmp="$(mktemp)"
@@ -177,12 +186,7 @@ StorageHost=localhost
 StorageUser=root
 StorageLoc=slurm_acct_db
 EOF
-  chmod 0600 "$tmp"
-  if [[ -f "$DBD_CONF" ]] && cmp -s "$tmp" "$DBD_CONF"; then
-    rm -f "$tmp"; return 1
-  fi
-  mv "$tmp" "$DBD_CONF"
-  return 0
+  install_if_changed "$tmp" "$DBD_CONF" 0600
 }
 
 start_slurmdbd() {
@@ -265,12 +269,7 @@ SlurmdDebug=info
 NodeName=${node} NodeAddr=127.0.0.1 CPUs=${cpus} RealMemory=${mem} State=UNKNOWN
 PartitionName=${PARTITION} Nodes=${node} Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF
-  chmod 0644 "$tmp"
-  if [[ -f "$CONF" ]] && cmp -s "$tmp" "$CONF"; then
-    rm -f "$tmp"; return 1
-  fi
-  mv "$tmp" "$CONF"
-  return 0
+  install_if_changed "$tmp" "$CONF" 0644
 }
 
 cluster_up() {  # controller answers and slurmd is running
