@@ -338,10 +338,13 @@ def eval_linear(
     resume: bool = True,
     classifier_fpath: str | None = None,
     val_class_mapping: torch.Tensor | None = None,
+    start_iter: int | None = None,
 ) -> tuple[dict, nn.Module, AllClassifiers, int]:
     """Trains all heads for ``max_iter`` iterations (resuming from ``output_dir``), evaluating periodically.
 
     The loss is the sum over heads of their cross-entropies, so one backward pass trains the whole grid.
+    ``start_iter`` says the caller has already restored the heads, optimizer and scheduler (see
+    :func:`_resume`); otherwise they are restored here.
     """
     checkpointer = Checkpointer(
         linear_classifiers,
@@ -350,7 +353,8 @@ def eval_linear(
         optimizer=optimizer,
         scheduler=scheduler,
     )
-    start_iter = checkpointer.resume_or_load(classifier_fpath or "", resume=resume).get("iteration", -1) + 1
+    if start_iter is None:
+        start_iter = checkpointer.resume_or_load(classifier_fpath or "", resume=resume).get("iteration", -1) + 1
     periodic_checkpointer = PeriodicCheckpointer(checkpointer, checkpoint_period, max_iter=max_iter)
     iteration = start_iter
     logger.info("Starting training from iteration %d", start_iter)
@@ -616,6 +620,47 @@ def _build_probe(
     return feature_model, linear_classifiers, optimizer, scheduler
 
 
+def _final_results(
+    feature_model: nn.Module,
+    linear_classifiers: AllClassifiers,
+    *,
+    val_dataset_str: str,
+    best_classifier: dict[str, Any],
+    test_dataset_strs: Sequence[str],
+    test_metric_types: Sequence[MetricType],
+    test_class_mapping_fpaths: Sequence[str | None],
+    batch_size: int,
+    metrics_file_path: str,
+    training_num_classes: int,
+    iteration: int,
+    eval_transform: Callable | None,
+    train_dataset: Any,
+) -> dict[str, Any]:
+    """The head chosen on the validation set, its validation accuracy and its accuracy on every test set that is
+    not the validation set."""
+    results_dict = {}
+    if len(test_dataset_strs) > 1 or test_dataset_strs[0] != val_dataset_str:
+        results_dict = test_on_datasets(
+            feature_model,
+            linear_classifiers,
+            test_dataset_strs,
+            batch_size,
+            0,  # num_workers, as in the reference
+            test_metric_types,
+            metrics_file_path,
+            training_num_classes,
+            iteration,
+            best_classifier["name"],
+            prefixstring="",
+            test_class_mappings=[_load_class_mapping(path) for path in test_class_mapping_fpaths],
+            transform=eval_transform,
+            train_dataset=train_dataset,
+        )
+    results_dict["best_classifier"] = best_classifier["name"]
+    results_dict[f"{val_dataset_str}_accuracy"] = 100.0 * best_classifier["accuracy"]
+    return results_dict
+
+
 def run_eval_linear(
     model: nn.Module,
     output_dir: str,
@@ -661,18 +706,15 @@ def run_eval_linear(
     checkpointer = Checkpointer(
         linear_classifiers, output_dir, save_to_disk=False, optimizer=optimizer, scheduler=scheduler
     )
+    # restored once, here: the train loader needs the position to skip the samples already seen
     start_iter = checkpointer.resume_or_load(classifier_fpath or "", resume=resume).get("iteration", -1) + 1
-
     train_data_loader = make_train_data_loader(
         train_dataset, batch_size=batch_size, num_workers=num_workers, seed=seed, start_iter=start_iter
     )
     val_data_loader = make_eval_data_loader(
         val_dataset_str, batch_size, num_workers, val_metric_type, transform=eval_transform, train_dataset=train_dataset
     )
-    checkpoint_period = save_checkpoint_frequency * epoch_length
     val_class_mapping = _load_class_mapping(val_class_mapping_fpath)
-    test_class_mappings = [_load_class_mapping(path) for path in test_class_mapping_fpaths]
-
     metrics_file_path = os.path.join(output_dir, "results_eval_linear.json")
     val_results_dict, feature_model, linear_classifiers, iteration = eval_linear(
         feature_model=feature_model,
@@ -684,7 +726,7 @@ def run_eval_linear(
         scheduler=scheduler,
         output_dir=output_dir,
         max_iter=max_iter,
-        checkpoint_period=checkpoint_period,
+        checkpoint_period=save_checkpoint_frequency * epoch_length,
         running_checkpoint_period=epoch_length,
         eval_period=eval_period_iterations,
         metric_type=val_metric_type,
@@ -692,27 +734,23 @@ def run_eval_linear(
         resume=resume,
         val_class_mapping=val_class_mapping,
         classifier_fpath=classifier_fpath,
+        start_iter=start_iter,
     )
-    results_dict = {}
-    if len(test_dataset_strs) > 1 or test_dataset_strs[0] != val_dataset_str:
-        results_dict = test_on_datasets(
-            feature_model,
-            linear_classifiers,
-            test_dataset_strs,
-            batch_size,
-            0,  # num_workers, as in the reference
-            test_metric_types,
-            metrics_file_path,
-            training_num_classes,
-            iteration,
-            val_results_dict["best_classifier"]["name"],
-            prefixstring="",
-            test_class_mappings=test_class_mappings,
-            transform=eval_transform,
-            train_dataset=train_dataset,
-        )
-    results_dict["best_classifier"] = val_results_dict["best_classifier"]["name"]
-    results_dict[f"{val_dataset_str}_accuracy"] = 100.0 * val_results_dict["best_classifier"]["accuracy"]
+    results_dict = _final_results(
+        feature_model,
+        linear_classifiers,
+        val_dataset_str=val_dataset_str,
+        best_classifier=val_results_dict["best_classifier"],
+        test_dataset_strs=test_dataset_strs,
+        test_metric_types=test_metric_types,
+        test_class_mapping_fpaths=test_class_mapping_fpaths,
+        batch_size=batch_size,
+        metrics_file_path=metrics_file_path,
+        training_num_classes=training_num_classes,
+        iteration=iteration,
+        eval_transform=eval_transform,
+        train_dataset=train_dataset,
+    )
     logger.info("Test Results Dict %s", results_dict)
     return results_dict
 

@@ -99,14 +99,14 @@ def _make_dinov2_dpt_depth_head(*, embed_dim: int, min_depth: float, max_depth: 
 def _build_depther(
     *,
     kind: str,
-    arch_name: str,
-    layers: int,
-    pretrained: bool,
-    weights: Weights | str,
-    depth_range: Sequence[float] | None,
-    num_register_tokens: int,
-    interpolate_antialias: bool,
-    interpolate_offset: float,
+    arch_name: str = "vit_large",
+    layers: int = 4,
+    pretrained: bool = True,
+    weights: Weights | str = Weights.NYU,
+    depth_range: Sequence[float] | None = None,
+    num_register_tokens: int = 0,
+    interpolate_antialias: bool = False,
+    interpolate_offset: float = 0.1,
     head_weights: str | None = None,
     **kwargs: Any,
 ) -> DepthEncoderDecoder:
@@ -152,57 +152,14 @@ def _build_depther(
     return model
 
 
-def _make_dinov2_linear_depther(
-    *,
-    arch_name: str = "vit_large",
-    layers: int = 4,
-    pretrained: bool = True,
-    weights: Weights | str = Weights.NYU,
-    depth_range: Sequence[float] | None = None,
-    num_register_tokens: int = 0,
-    interpolate_antialias: bool = False,
-    interpolate_offset: float = 0.1,
-    **kwargs: Any,
-) -> DepthEncoderDecoder:
+def _make_dinov2_linear_depther(**kwargs: Any) -> DepthEncoderDecoder:
     """Backbone + linear depth head (``layers`` = 1 or 4 blocks); ``depth_range`` overrides the weights' range."""
-    return _build_depther(
-        kind="linear",
-        arch_name=arch_name,
-        layers=layers,
-        pretrained=pretrained,
-        weights=weights,
-        depth_range=depth_range,
-        num_register_tokens=num_register_tokens,
-        interpolate_antialias=interpolate_antialias,
-        interpolate_offset=interpolate_offset,
-        **kwargs,
-    )
+    return _build_depther(kind="linear", **kwargs)
 
 
-def _make_dinov2_dpt_depther(
-    *,
-    arch_name: str = "vit_large",
-    pretrained: bool = True,
-    weights: Weights | str = Weights.NYU,
-    depth_range: Sequence[float] | None = None,
-    num_register_tokens: int = 0,
-    interpolate_antialias: bool = False,
-    interpolate_offset: float = 0.1,
-    **kwargs: Any,
-) -> DepthEncoderDecoder:
+def _make_dinov2_dpt_depther(**kwargs: Any) -> DepthEncoderDecoder:
     """Backbone + DPT depth head on 4 blocks; ``depth_range`` overrides the weights' range."""
-    return _build_depther(
-        kind="dpt",
-        arch_name=arch_name,
-        layers=4,
-        pretrained=pretrained,
-        weights=weights,
-        depth_range=depth_range,
-        num_register_tokens=num_register_tokens,
-        interpolate_antialias=interpolate_antialias,
-        interpolate_offset=interpolate_offset,
-        **kwargs,
-    )
+    return _build_depther(kind="dpt", **{**kwargs, "layers": 4})
 
 
 def _linear_depther(name: str) -> Callable[..., DepthEncoderDecoder]:

@@ -71,6 +71,22 @@ _FFN_LAYERS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+def _drop_path_rates(rate: float, depth: int, uniform: bool) -> list[float]:
+    """Stochastic-depth rate of each block: ``rate`` everywhere, or a linear ramp from 0 to ``rate``."""
+    if uniform:
+        return [rate] * depth
+    return torch.linspace(0, rate, depth, device="cpu").tolist()  # CPU even under a meta device context
+
+
+def _group_blocks(blocks: list[nn.Module], block_chunks: int) -> nn.ModuleList:
+    """The blocks as a flat list (``block_chunks`` = 0) or as ``BlockChunk`` FSDP units. Chunk ``c`` is padded with
+    Identity placeholders in front so that block ``i`` keeps the state-dict key ``blocks.<c>.<i>``."""
+    if block_chunks <= 0:
+        return nn.ModuleList(blocks)
+    size = len(blocks) // block_chunks
+    return nn.ModuleList([BlockChunk([nn.Identity()] * i + blocks[i : i + size]) for i in range(0, len(blocks), size)])
+
+
 class DinoVisionTransformer(nn.Module):
     """ViT backbone returning the normalised CLS token (``forward``) or all token groups (``forward_features``).
 
@@ -164,13 +180,7 @@ class DinoVisionTransformer(nn.Module):
             else None
         )
 
-        if drop_path_uniform:
-            dpr = [drop_path_rate] * depth
-        else:
-            dpr = torch.linspace(
-                0, drop_path_rate, depth, device="cpu"
-            ).tolist()  # CPU even under a meta device context
-
+        dpr = _drop_path_rates(drop_path_rate, depth, drop_path_uniform)
         blocks_list = [
             block_fn(
                 dim=embed_dim,
@@ -188,14 +198,8 @@ class DinoVisionTransformer(nn.Module):
             )
             for i in range(depth)
         ]
-        if block_chunks > 0:
-            self.chunked_blocks = True
-            chunksize = depth // block_chunks
-            chunked_blocks = [[nn.Identity()] * i + blocks_list[i : i + chunksize] for i in range(0, depth, chunksize)]
-            self.blocks = nn.ModuleList([BlockChunk(p) for p in chunked_blocks])
-        else:
-            self.chunked_blocks = False
-            self.blocks = nn.ModuleList(blocks_list)
+        self.chunked_blocks = block_chunks > 0
+        self.blocks = _group_blocks(blocks_list, block_chunks)
 
         self.norm = norm_layer(embed_dim, **factory)
         self.head = nn.Identity()
