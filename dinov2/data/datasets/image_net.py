@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from .extended import ExtendedVisionDataset
+from .extra_files import load_extra
 
 logger = logging.getLogger(__name__)
 
@@ -120,14 +121,12 @@ class ImageNet(ExtendedVisionDataset):
         return os.path.join(self._extra_root, name)
 
     def _load_extra(self, name: str) -> np.ndarray:
-        path = self._extra_path(name)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"{path} not found; generate the extra files once with "
-                f"ImageNet(split=ImageNet.Split.{self._split.name}, root={self.root!r}, extra={self._extra_root!r})"
-                ".dump_extra()"
-            )
-        return np.load(path, mmap_mode="r")
+        return load_extra(
+            self._extra_root,
+            name,
+            how_to_make=f"ImageNet(split=ImageNet.Split.{self._split.name}, root={self.root!r}, "
+            f"extra={self._extra_root!r}).dump_extra()",
+        )
 
     @property
     def _entries_name(self) -> str:

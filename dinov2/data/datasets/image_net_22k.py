@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from .extended import ExtendedVisionDataset
+from .extra_files import load_extra
 
 logger = logging.getLogger(__name__)
 
@@ -80,13 +81,11 @@ class ImageNet22k(ExtendedVisionDataset):
         return os.path.join(self._extra_root, name)
 
     def _load_extra(self, name: str) -> np.ndarray:
-        path = self._extra_path(name)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"{path} not found; generate it once with ImageNet22k(root={self.root!r}, "
-                f"extra={self._extra_root!r}).dump_extra()"
-            )
-        return np.load(path, mmap_mode="r")
+        return load_extra(
+            self._extra_root,
+            name,
+            how_to_make=f"ImageNet22k(root={self.root!r}, extra={self._extra_root!r}).dump_extra()",
+        )
 
     def _get_entries(self) -> np.ndarray:
         if self._entries is None:
