@@ -10,7 +10,8 @@ __all__ = ["DatasetWithEnumeratedTargets"]
 class DatasetWithEnumeratedTargets(Dataset):
     """Returns ``(image, (index, target))`` so that evaluation code can put gathered features back in order.
 
-    A missing target (``None``, e.g. ImageNet's TEST split) is replaced by the sample index, as in the reference.
+    A missing target (``None``, e.g. ImageNet's TEST split) is replaced by the sample index, since None does not
+    collate.
     """
 
     def __init__(self, dataset: Dataset) -> None:

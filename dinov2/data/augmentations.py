@@ -15,8 +15,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["DataAugmentationDINO"]
 
-# The reference passes 1 - p to RandomApply, so its configured (1.0, 0.1, 0.5) become these effective values,
-# which the released checkpoints were trained with (README, "Differences from the reference").
+# The official DINOv2 code passes 1 - p to RandomApply, so its configured (1.0, 0.1, 0.5) become these effective
+# values; they are the defaults because the released checkpoints were trained with them (see README).
 REFERENCE_GLOBAL_CROPS_1_BLUR_P = 0.0
 REFERENCE_GLOBAL_CROPS_2_BLUR_P = 0.9
 REFERENCE_LOCAL_CROPS_BLUR_P = 0.5
@@ -33,12 +33,12 @@ class DataAugmentationDINO:
     """Turns one PIL image into the dict of crops the SSL meta-architecture consumes.
 
     Returns ``{"global_crops": [g1, g2], "global_crops_teacher": [g1, g2], "local_crops": [l_1..l_n],
-    "offsets": ()}`` with tensors ``[3, G, G]`` and ``[3, L, L]``. The random draws happen in the reference's order
-    (crop 1: geometry, colour, blur; crop 2: geometry, colour, blur, solarise; then each local crop), so the same
-    torch seed gives the same crops as the reference when the blur probabilities are the defaults.
+    "offsets": ()}`` with tensors ``[3, G, G]`` and ``[3, L, L]``. The random draws happen in a fixed order
+    (crop 1: geometry, colour, blur; crop 2: geometry, colour, blur, solarise; then each local crop), the order of
+    the official DINOv2 code, so a torch seed gives the same crops as there with the default blur probabilities.
 
-    The three blur probabilities are honest probabilities; their defaults are the reference's *effective* values
-    0.0 / 0.9 / 0.5 (the reference meant 1.0 / 0.1 / 0.5 but inverted them).
+    The three blur probabilities are plain probabilities; their defaults 0.0 / 0.9 / 0.5 are the effective values
+    of the released training runs (configured there as 1.0 / 0.1 / 0.5, inverted; see above).
     """
 
     def __init__(

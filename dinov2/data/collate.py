@@ -26,7 +26,7 @@ def collate_data_and_cast(
     ``[probs[i], probs[i+1]]`` with ``probs = linspace(r_min, r_max, n_masked + 1)``, so together they span the
     ratio range; the mask list is then shuffled over both global-crop groups. ``upperbound`` is the sum of the
     per-crop maxima ``int(N * probs[i+1])``, an upper bound on the number of masked tokens ``M`` used to size
-    fixed buffers. Keys and dtypes are the reference's.
+    fixed buffers. Keys and dtypes are those ``SSLMetaArch`` reads.
     """
     if not samples_list:
         raise ValueError("collate_data_and_cast got an empty batch")
@@ -56,7 +56,8 @@ def collate_data_and_cast(
 
     n_crops = len(collated_global_crops)
     n_samples_masked = int(n_crops * mask_probability)
-    probs = torch.linspace(r_min, r_max, n_samples_masked + 1)  # [n_masked + 1] float32, as the reference
+    # float32 as in the official DINOv2 code, so the per-crop limits int(N * probs[i]) truncate the same way.
+    probs = torch.linspace(r_min, r_max, n_samples_masked + 1)  # [n_masked + 1]
     upperbound = 0
     masks_list = []
     for i in range(n_samples_masked):

@@ -114,7 +114,7 @@ def make_dataset(
     class_, kwargs = _parse_dataset_str(dataset_str)
     dataset = class_(transform=transform, target_transform=target_transform, **kwargs)
     logger.info("# of dataset samples: %s", f"{len(dataset):,d}")
-    # Keep the reference's guarantee that these attributes exist on any dataset returned.
+    # Callers read and set these attributes, so every dataset returned has them.
     if not hasattr(dataset, "transform"):
         dataset.transform = transform
     if not hasattr(dataset, "target_transform"):
@@ -194,11 +194,11 @@ def make_data_loader(
     collate_fn: Callable[[list[Any]], Any] | None = None,
     pin_memory: bool | None = None,
 ) -> DataLoader:
-    """A DataLoader over ``dataset`` with the chosen sampler, as in the reference.
+    """A DataLoader over ``dataset`` with the chosen sampler.
 
     ``sampler_advance`` counts samples consumed by all ranks together (iteration x batch size per rank x world
     size) so a resumed run continues exactly where it stopped. ``pin_memory`` defaults to whether an accelerator is
-    available (the reference always pins, which warns on CPU-only machines).
+    available (pinning on a CPU-only machine only produces a warning).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")

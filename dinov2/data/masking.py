@@ -9,11 +9,11 @@ __all__ = ["MaskingGenerator"]
 
 
 class MaskingGenerator:
-    """Draws boolean ``[height, width]`` masks made of random rectangles, as the reference does.
+    """Draws boolean ``[height, width]`` masks made of random rectangles.
 
     ``__call__(n)`` masks at most ``n`` patches: rectangles of ``min_num_patches``..``max_num_patches`` cells with
     aspect ratio log-uniform in [min_aspect, max_aspect] are added until ``n`` is reached or no rectangle fits.
-    Randomness comes from Python's ``random`` module (as in the reference), so seed that module for repeatability.
+    Randomness comes from Python's ``random`` module, so seed that module for repeatability.
     """
 
     def __init__(
@@ -40,7 +40,7 @@ class MaskingGenerator:
         self.log_aspect_ratio = (math.log(min_aspect), math.log(max_aspect))
 
     def __repr__(self) -> str:
-        # The reference formats num_masking_patches with %d and crashes when it is None; this one does not.
+        # An f-string, so a num_masking_patches of None prints instead of failing.
         return (
             f"Generator({self.height}, {self.width} -> [{self.min_num_patches} ~ {self.max_num_patches}], "
             f"max = {self.num_masking_patches}, {self.log_aspect_ratio[0]:.3f} ~ {self.log_aspect_ratio[1]:.3f})"

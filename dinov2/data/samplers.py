@@ -54,7 +54,8 @@ def _local_skip(advance: int, start: int, step: int) -> int:
 
 
 def _randperm(n: int, generator: torch.Generator) -> np.ndarray:
-    """``randperm(n)`` in the reference's index dtype (int32 up to 2**31), whose draws depend on the dtype."""
+    """``randperm(n)`` in int32 up to 2**31: the draws depend on the dtype, and int32 is the index dtype of the
+    official DINOv2 sampler, so its sample orders are reproduced."""
     dtype = torch.int32 if n <= 2**31 else torch.int64
     return torch.randperm(n, dtype=dtype, generator=generator).numpy()  # [n]
 
@@ -171,7 +172,7 @@ class InfiniteSampler(_RankStridedSampler):
 
 
 def _shuffle_slice_inside_out(values: np.ndarray, generator: torch.Generator) -> np.ndarray:
-    """The reference's "inside-out" Fisher-Yates over ``values``, with ``j = randint(0, i + 1)`` for i >= 1."""
+    """Shuffles ``values`` by "inside-out" Fisher-Yates, with ``j = randint(0, i + 1)`` for i >= 1."""
     result = np.empty_like(values)  # [count]
     for i in range(len(values)):
         j = int(torch.randint(0, i + 1, size=(1,), generator=generator)) if i > 0 else 0
@@ -181,7 +182,7 @@ def _shuffle_slice_inside_out(values: np.ndarray, generator: torch.Generator) ->
 
 
 def _shuffle_slice_randperm(values: np.ndarray, generator: torch.Generator) -> np.ndarray:
-    """The reference's faster variant: index the slice with one ``randperm``."""
+    """Faster variant: index the slice with one ``randperm``."""
     return values[torch.randperm(len(values), generator=generator).numpy()]
 
 
@@ -189,9 +190,10 @@ class ShardedInfiniteSampler(_RankStridedSampler):
     """Endless passes where rank ``r`` only shuffles its shard ``perm[r::W]`` of one global permutation.
 
     Each pass of rank r yields ``sample_count // W`` items (``sample_count mod W`` samples of the permutation are
-    never used, as in the reference), reshuffled with seed ``seed + r + (pass << 24)``. ``advance`` is a global
-    sample count, converted to this rank's share (the reference mixed global and per-rank counts here).
-    ``use_new_shuffle_tensor_slice`` picks the reference's faster randperm shuffling (``SHARDED_INFINITE_NEW``).
+    never used), reshuffled with seed ``seed + r + (pass << 24)``; seeds and shuffles are kept as in the official
+    DINOv2 sampler so that a run sees the same samples in the same order. ``advance`` is a global sample count,
+    converted to this rank's share. ``use_new_shuffle_tensor_slice`` picks the faster randperm shuffling
+    (``SHARDED_INFINITE_NEW``).
     """
 
     def __init__(

@@ -22,9 +22,8 @@ IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 class GaussianBlur(transforms.RandomApply):
     """Blurs with probability ``p`` using a 9x9 kernel and a sigma drawn uniformly in [radius_min, radius_max].
 
-    Unlike the reference class of the same name, ``p`` is the probability of blurring (the reference applies the
-    blur with probability ``1 - p``). ``DataAugmentationDINO`` passes the reference's *effective* probabilities, so
-    the SSL pipeline is unchanged; see README, "Differences from the reference".
+    ``p`` is the probability of blurring. ``DataAugmentationDINO`` passes the probabilities the released checkpoints
+    were trained with, so the SSL pipeline is unchanged (see ``dinov2.data.augmentations`` and README).
     """
 
     def __init__(self, *, p: float = 0.5, radius_min: float = 0.1, radius_max: float = 2.0) -> None:

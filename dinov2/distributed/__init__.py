@@ -6,7 +6,7 @@ as one plain process (no process group), under torchrun, or under SLURM (srun / 
 Discovery order used by :func:`enable`:
 
 1. SLURM: ``SLURM_JOB_ID`` and ``SLURM_PROCID`` are set and the process was not started by torchrun
-   (``TORCHELASTIC_RUN_ID`` unset; the reference let SLURM override a torchrun launch inside an allocation).
+   (``TORCHELASTIC_RUN_ID`` unset), so a torchrun launch inside an allocation keeps torchrun's ranks.
 2. Preset environment (torchrun or hand-made): all of ``MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK,
    LOCAL_WORLD_SIZE``. A partial set is an error naming the missing variables.
 3. Otherwise a single process: no process group is created, and every collective below is a no-op.

@@ -69,7 +69,7 @@ def get_args_parser(
         "--n-per-class-list", nargs="+", type=int, help="Training samples per class (few-shot); -1 = all"
     )
     parser.add_argument("--n-tries", type=int, help="Random draws of the few-shot training subsets")
-    # Added (not in the reference): loader workers and the eval transform sizes, for small images and small CPUs.
+    # Loader workers and the eval transform sizes, for small images and small CPUs.
     parser.add_argument(
         "--num-workers", type=int, help="Data loader workers (default: 5 as in the reference, at most the CPU count)"
     )
@@ -210,7 +210,8 @@ def create_class_indices_mapping(labels: torch.Tensor) -> dict[int, torch.Tensor
 
 
 def filter_train(mapping: dict[int, torch.Tensor], n_per_class: int, seed: int) -> torch.Tensor:
-    """Random ``n_per_class`` indices of each class, drawn as the reference does (``randperm`` seeded with ``seed``)."""
+    """Random ``n_per_class`` indices of each class, drawn with ``randperm`` seeded with ``seed`` as in the official
+    DINOv2 eval, so the few-shot subsets are the same."""
     generator = torch.Generator().manual_seed(seed)
     final_indices = []
     for indices in mapping.values():
@@ -358,7 +359,7 @@ def eval_knn_with_model(
     """Runs ``eval_knn`` on dataset strings with an already-built model; returns and appends the figures (in %).
 
     Each figure is appended to ``<output_dir>/results_eval_knn.json`` as one JSON line, e.g.
-    ``{"('full', 20) Top 1": 81.2}``, like the reference.
+    ``{"('full', 20) Top 1": 81.2}``.
     """
     from dinov2.data import make_dataset
     from dinov2.data.transforms import make_classification_eval_transform

@@ -1,7 +1,8 @@
 """Linear probing of a frozen backbone: a grid of linear heads trained at once, the best one picked on validation.
 
-The grid is the reference's: CLS tokens of the last 1 or 4 blocks, with or without the average patch token of the
-last block, times 13 learning rates (52 heads), trained with SGD and a cosine schedule on one shared feature pass.
+The grid is kept as in the official DINOv2 evaluation so that the results compare with the published ones: CLS
+tokens of the last 1 or 4 blocks, with or without the average patch token of the last block, times 13 learning
+rates (52 heads), trained with SGD and a cosine schedule on one shared feature pass.
 
     python -m dinov2.eval.linear --config-file CFG --pretrained-weights CKPT --output-dir DIR \\
         --train-dataset ImageFolder:root=... --val-dataset ImageFolder:root=...
@@ -103,7 +104,7 @@ def get_args_parser(
     parser.add_argument(
         "--test-class-mapping-fpaths", nargs="+", type=str, help=".npy mappings of the test sets' classes"
     )
-    # Added (not in the reference): the transform sizes, for datasets of small images.
+    # The transform sizes, for datasets of small images.
     parser.add_argument("--resize-size", type=int, help="Eval transform: shorter side resized to this")
     parser.add_argument("--crop-size", type=int, help="Train and eval transforms: crop size (model input)")
     parser.set_defaults(
@@ -165,7 +166,7 @@ def create_linear_input(
 
 
 class LinearClassifier(nn.Module):
-    """Linear head over ``create_linear_input``; weights ~ N(0, 0.01^2), bias 0, as in the reference."""
+    """Linear head over ``create_linear_input``; weights ~ N(0, 0.01^2), bias 0."""
 
     def __init__(self, out_dim: int, use_n_blocks: int, use_avgpool: bool, num_classes: int = 1000) -> None:
         super().__init__()
@@ -221,7 +222,7 @@ def scale_lr(learning_rates: float, batch_size: int) -> float:
 def _classifier_name(n: int, avgpool: bool, lr: float, taken: Iterable[str]) -> str:
     name = f"classifier_{n}_blocks_avgpool_{avgpool}_lr_{lr:.5f}".replace(".", "_")
     if name in taken:
-        # Two scaled lrs that round to the same 5 decimals would overwrite each other in the reference; keep both.
+        # Two scaled lrs that round to the same 5 decimals would share a name and overwrite each other; keep both.
         name = f"classifier_{n}_blocks_avgpool_{avgpool}_lr_{lr:.12f}".replace(".", "_")
     return name
 
@@ -300,7 +301,7 @@ def _as_floats(metric: dict[str, torch.Tensor]) -> dict[str, Any]:
 
 
 def _infinite(loader: Iterable) -> Iterator:
-    """Repeats a finite loader; an infinite one (the reference's sharded sampler) is passed through as is."""
+    """Repeats a finite loader; an infinite one (the sharded infinite sampler's) is passed through as is."""
     while True:
         yield from loader
 
@@ -557,8 +558,8 @@ def make_train_data_loader(
     """The heads' infinite, sharded, shuffled training stream, continued after ``start_iter`` iterations.
 
     ``sampler_advance`` counts the samples consumed by all ranks together: ``start_iter`` iterations of
-    ``batch_size`` samples on each of the world's ranks. (The reference passed ``start_iter`` alone, so a resumed run
-    replayed samples it had already trained on.)
+    ``batch_size`` samples on each of the world's ranks, so a resumed run does not replay samples it has already
+    trained on.
     """
     from dinov2.data import SamplerType, make_data_loader
 
@@ -645,7 +646,7 @@ def _final_results(
             linear_classifiers,
             test_dataset_strs,
             batch_size,
-            0,  # num_workers, as in the reference
+            0,  # num_workers
             test_metric_types,
             metrics_file_path,
             training_num_classes,

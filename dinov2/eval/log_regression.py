@@ -1,9 +1,9 @@
-"""Logistic regression on frozen CLS features, with the reference's sweep of the regularisation strength C.
+"""Logistic regression on frozen CLS features, with a sweep of the regularisation strength C.
 
-The reference fitted cuML's L-BFGS ``LogisticRegression`` on GPU, which ties it to NVIDIA's conda/pip wheels. Here
-the same model (multinomial, L2 penalty on the weights, unpenalised bias, ``C`` = inverse regularisation strength
-on the summed loss, as in cuML and scikit-learn) is fitted with ``torch.optim.LBFGS`` on any device, float64 on CPU
-by default. The C sweep is spread over ranks; only the selection accuracies are exchanged (an all-reduce).
+The model is cuML's L-BFGS ``LogisticRegression`` (multinomial, L2 penalty on the weights, unpenalised bias,
+``C`` = inverse regularisation strength on the summed loss, as in cuML and scikit-learn), fitted with
+``torch.optim.LBFGS`` on any device, so no GPU-only NVIDIA wheels are needed; float64 on CPU by default. The C
+sweep is spread over ranks; only the selection accuracies are exchanged (an all-reduce).
 
     python -m dinov2.eval.log_regression --config-file CFG --pretrained-weights CKPT --output-dir DIR \\
         --train-dataset ImageFolder:root=... --val-dataset ImageFolder:root=...
@@ -73,7 +73,7 @@ def get_args_parser(
     parser.add_argument("--train-features-device", type=str, help="Device to fit on (e.g. cpu, cuda)")
     parser.add_argument("--train-dtype", type=str, help="Fitting dtype (float64, float32)")
     parser.add_argument("--max-train-iters", type=int, help="Maximum number of L-BFGS iterations per fit")
-    # Added (not in the reference): the eval transform sizes and the loader batch size.
+    # The eval transform sizes and the loader batch size.
     parser.add_argument("--resize-size", type=int, help="Eval transform: shorter side resized to this")
     parser.add_argument("--crop-size", type=int, help="Eval transform: centre crop size (model input)")
     parser.add_argument("--batch-size", type=int, help="Feature extraction batch size (per rank)")
@@ -245,7 +245,7 @@ def train_and_evaluate(
 
 
 def _selection_score(result: dict[str, torch.Tensor]) -> float:
-    """Top-1 used to pick C; the per-class metric is averaged (mean per-class accuracy), as in the reference."""
+    """Top-1 used to pick C; a per-class metric is averaged (mean per-class accuracy) into one number."""
     return float(result["top-1"].float().mean())
 
 
@@ -266,7 +266,7 @@ def sweep_C_values(
     Returns ``{"best_C", "best_stats", "scores"}`` (``scores``: selection top-1 per C, identical on every rank).
     """
     if metric_type == MetricType.PER_CLASS_ACCURACY:
-        # Selecting on a per-class vector makes no sense; the reference selects with mean per-class accuracy.
+        # Selecting on a per-class vector makes no sense; select with mean per-class accuracy.
         metric_type = MetricType.MEAN_PER_CLASS_ACCURACY
     C_values = (10**c_power_range).tolist()
     rank, world_size = distributed.get_global_rank(), distributed.get_global_size()
@@ -425,7 +425,7 @@ def eval_log_regression_with_model(
 ) -> dict[str, float]:
     """Log-reg evaluation from dataset strings with a built model; also writes ``results_eval_log_regression.json``.
 
-    Features are the raw model output (final-norm CLS token, not L2-normalised), as in the reference.
+    Features are the raw model output (final-norm CLS token, not L2-normalised).
     """
     from dinov2.data import make_dataset
     from dinov2.data.transforms import make_classification_eval_transform

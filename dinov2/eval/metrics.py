@@ -1,8 +1,8 @@
 """Classification metrics for the evaluations, in plain torch.
 
-The reference builds these from torchmetrics; the names, enums and result keys (``"top-1"``, ``"top-5"``) are kept,
-but the counting is done here so the package needs no torchmetrics. Counts are summed across ranks through
-``dinov2.distributed`` when ``compute()`` is called, so every rank gets the global figure.
+The names, enums and result keys (``"top-1"``, ``"top-5"``) are kept as in the official DINOv2 evals so that
+result files and callers match; the counting is done here so the package needs no torchmetrics. Counts are summed
+across ranks through ``dinov2.distributed`` when ``compute()`` is called, so every rank gets the global figure.
 """
 
 import logging
@@ -83,7 +83,7 @@ class TopKAccuracy(Metric):
 
     average: ``micro`` = fraction of samples whose target is among the top-k scores; ``macro`` = mean over the
     classes present in the targets of that fraction per class; ``none`` = the per-class vector ``[C]``.
-    ``top_k`` larger than ``num_classes`` is clipped to ``num_classes`` (the reference errors out instead).
+    ``top_k`` larger than ``num_classes`` is clipped to ``num_classes``, so top-5 works with fewer classes.
     """
 
     def __init__(
@@ -130,7 +130,7 @@ class ImageNetReaLAccuracy(Metric):
     """Top-k accuracy against multi-label targets ``[B, A]`` padded with -1 (the ImageNet-ReaL labels).
 
     A sample counts as a hit when any of its top-k predictions is among its labels; samples with no valid label
-    are ignored, as in the reference.
+    are ignored, since no prediction can hit them.
     """
 
     def __init__(self, *, num_classes: int, top_k: int = 1, sync_on_compute: bool = True) -> None:

@@ -61,10 +61,9 @@ def build_model_for_eval(
     """Teacher backbone of ``config`` with the weights of ``pretrained_weights`` (``"teacher"`` entry), in eval mode.
 
     Loading goes through ``load_pretrained_weights``, which is strict about backbone keys, so a partly random
-    backbone cannot slip through (the reference loaded with ``strict=False``). Pass ``"random"`` to evaluate the
-    random initialisation deliberately, ``"raw-pixels"`` for the pixel baseline. With ``from_export``, a training
-    export that carries ``backbone_args`` gets the architecture they describe instead of ``config``'s. The file is
-    read once.
+    backbone cannot slip through. Pass ``"random"`` to evaluate the random initialisation deliberately,
+    ``"raw-pixels"`` for the pixel baseline. With ``from_export``, a training export that carries ``backbone_args``
+    gets the architecture they describe instead of ``config``'s. The file is read once.
     """
     # Imported here so the metric and k-NN helpers stay usable without building the model stack.
     from dinov2.eval.utils import RawPixels
@@ -139,7 +138,7 @@ def run_eval(args: argparse.Namespace, eval_with_model: Callable[..., Any], **ev
 
     ``eval_with_model`` (which writes the results file) receives the model and its autocast dtype plus the flags all
     evals share (``--output-dir``, ``--train-dataset``, ``--val-dataset``, ``--batch-size``) as keywords, and
-    ``eval_kwargs``, its own flags. Returns 0, the process exit status, as the reference's ``main`` does.
+    ``eval_kwargs``, its own flags. Returns 0, the process exit status.
     """
     model, autocast_dtype = setup_and_build_model(args)
     eval_with_model(

@@ -316,7 +316,7 @@ def extract_features_with_dataloader(
 def append_results(path: str, records: Iterable[Any], *, iteration: int | None = None) -> None:
     """Appends ``records`` as JSON lines to the results file ``path`` (main process only; nothing if ``path`` is "").
 
-    The files are the reference's: the evals append, so reruns and periodic validations accumulate. With
+    The evals append, so reruns and periodic validations accumulate. With
     ``iteration`` the block is framed as in ``results_eval_linear.json``: ``iter: <it>`` first, a blank line last.
     """
     if not path or not distributed.is_main_process():

@@ -4,7 +4,8 @@ Without a process group nothing is sharded: ``shard_module`` returns the module 
 code runs in one process. Mixed precision then comes from :func:`autocast_context` instead of the FSDP
 ``MixedPrecisionPolicy``.
 
-``sharding_strategy`` config values (the reference's FSDP1 names) map to FSDP2 through :data:`SHARDING_STRATEGIES`:
+``sharding_strategy`` config values (FSDP1 names, kept as in the official DINOv2 configs so that those still work)
+map to FSDP2 through :data:`SHARDING_STRATEGIES`:
 
 * ``FULL_SHARD``: parameters sharded, re-sharded after forward (``reshard_after_forward=True``, ZeRO-3);
 * ``SHARD_GRAD_OP``: parameters sharded, kept gathered between forward and backward (``reshard_after_forward=False``);

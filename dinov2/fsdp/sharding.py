@@ -110,7 +110,7 @@ def register_forward_methods(module: nn.Module, names: Sequence[str]) -> None:
 def get_fsdp_wrapper(
     model_cfg: Any, modules_to_wrap: Iterable[type[nn.Module]] = ()
 ) -> Callable[[nn.Module], nn.Module]:
-    """Reference entry point: a function sharding a module as one ``compute_precision.<model>.<part>`` config node
+    """Returns a function that shards a module as one ``compute_precision.<model>.<part>`` config node
     says (``sharding_strategy``, ``mixed_precision.param_dtype/reduce_dtype``), with every submodule of a class in
     ``modules_to_wrap`` as its own unit. ``buffer_dtype`` is accepted and ignored: FSDP2 leaves buffers as they are.
     """

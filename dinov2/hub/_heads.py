@@ -33,8 +33,8 @@ def extract_head_state_dict(
     """The ``prefix`` part of a released head checkpoint, with ``prefix`` removed.
 
     mmcv/mmseg files wrap the weights as ``{"state_dict": ..., "meta": ...}``; a bare state dict is accepted
-    too (the reference fails with a NameError there). ``backbone.*`` entries are skipped because the
-    backbone comes from its own checkpoint; any other key is an error, so nothing is silently dropped.
+    too. ``backbone.*`` entries are skipped because the backbone comes from its own checkpoint; any other key is
+    an error, so nothing is silently dropped.
     """
     state_dict = checkpoint.get("state_dict", checkpoint)
     head: dict[str, torch.Tensor] = {}

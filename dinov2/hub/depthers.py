@@ -1,7 +1,7 @@
 """Monocular depth on the released backbones: linear (``_ld``) and DPT (``_dd``) heads, NYU or KITTI weights.
 
-Fixed reference quirk: the linear head's depth range follows the weights (NYU 0.001-10 m, KITTI 0.001-80 m);
-the reference hard-codes 80 m for every linear head (see README, "Differences from the reference").
+The linear head's depth range follows the weights (NYU 0.001-10 m, KITTI 0.001-80 m), the range each head was
+trained with, so its depth bins come out in metres on the right scale (see README).
 """
 
 from collections.abc import Callable, Sequence

@@ -1,7 +1,7 @@
 """Semantic segmentation on the released backbones with the released linear heads (``dinov2_vit*14_ls``).
 
-The reference only ships these heads through an mmcv/mmseg notebook; here they are plain PyTorch. Facts of the
-official configs (``{name}_{ade20k|voc2012}_{linear|ms}_config.py``):
+The heads are plain PyTorch modules (no mmcv/mmseg) that load the released weights. Facts of the official
+configs (``{name}_{ade20k|voc2012}_{linear|ms}_config.py``):
 
 * "linear": final-norm patch maps of the last 4 blocks, of which the head uses the last one (``in_index=[3]``);
   BatchNorm + 1x1 conv; images resized to a short side of 512, then a 512x512 sliding window with stride 341.

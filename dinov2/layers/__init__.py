@@ -1,4 +1,4 @@
-"""Building blocks of the DINOv2 Vision Transformer and its projection head (names as in the reference)."""
+"""Building blocks of the DINOv2 Vision Transformer and its projection head."""
 
 from .attention import Attention, MemEffAttention
 from .block import Block, NestedTensorBlock

@@ -2,8 +2,8 @@
 
 ``Attention`` and ``MemEffAttention`` share one parameter layout (``qkv``, ``proj``), so released checkpoints load
 into either. ``MemEffAttention`` uses xFormers only when it is installed *and* the tensors are on CUDA (the
-reference used it whenever it imported, which crashed on CPU tensors). Attention maps, which SDPA never returns,
-come from :meth:`Attention.get_attention_map`.
+xFormers kernels have no CPU implementation). Attention maps, which SDPA never returns, come from
+:meth:`Attention.get_attention_map`.
 """
 
 import contextlib

@@ -1,10 +1,9 @@
 """Pre-norm transformer block with LayerScale and batch-subset stochastic depth.
 
-``Block`` follows the reference: for drop rates above 0.1 the residual branch runs only on a random subset of the
-batch and is added back with weight ``B / subset`` (same expectation as DropPath, less compute); for smaller
-positive rates classic per-sample DropPath is used. Unlike the reference, the FFN branch uses ``drop_path2``
-(the reference applied ``drop_path1`` twice, a FIXME upstream; both modules have the same rate, so only the RNG
-draws differ). ``NestedTensorBlock`` also accepts a list of token tensors of different lengths (multi-crop).
+In ``Block``, for drop rates above 0.1 the residual branch runs only on a random subset of the batch and is
+added back with weight ``B / subset`` (same expectation as DropPath, less compute); for smaller positive rates
+classic per-sample DropPath is used. The FFN branch uses its own ``drop_path2``, with the same rate as
+``drop_path1``. ``NestedTensorBlock`` also accepts a list of token tensors of different lengths (multi-crop).
 Without autograd (inference, EMA teacher) each LayerScale product is fused into its residual addition.
 """
 
@@ -27,7 +26,7 @@ __all__ = [
     "drop_add_residual_stochastic_depth_list",
 ]
 
-# Rates above this use the batch-subset path in Block.forward (the reference's threshold).
+# Rates above this use the batch-subset path in Block.forward; below it the subset would save little compute.
 _SUBSET_DROP_MIN_RATIO = 0.1
 
 
@@ -183,9 +182,9 @@ class Block(nn.Module):
 class NestedTensorBlock(Block):
     """:class:`Block` that also takes a list of ``[B_i, N_i, D]`` tensors (e.g. global and local crops).
 
-    Each tensor goes through the block on its own, which equals the reference's concatenation with a
-    block-diagonal mask (no token attends across tensors or samples). In training the list path uses batch-subset
-    stochastic depth for any positive rate, with one random subset per tensor, as the reference does.
+    Each tensor goes through the block on its own, which equals concatenating them with a block-diagonal
+    attention mask (no token attends across tensors or samples). In training the list path uses batch-subset
+    stochastic depth for any positive rate, with one random subset per tensor.
     """
 
     def forward_nested(self, x_list: Sequence[Tensor]) -> list[Tensor]:

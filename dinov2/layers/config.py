@@ -1,6 +1,6 @@
 """Lazy detection of the optional xFormers kernels (the package's only reader of ``XFORMERS_DISABLED``).
 
-The reference probes xFormers at import and warns either way; here nothing happens until a layer asks, and the
+Nothing happens at import (no probe, no warning): xFormers is looked for only when a layer first asks, and the
 answer is cached so the import is attempted once per process.
 """
 

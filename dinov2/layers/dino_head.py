@@ -12,8 +12,8 @@ class WeightNormLinear(nn.Module):
     """Bias-free linear layer with weight ``weight_g * weight_v / ||weight_v||`` (row-wise norm).
 
     Same maths and the same state-dict keys (``weight_g [out, 1]``, ``weight_v [out, in]``) as the deprecated
-    ``torch.nn.utils.weight_norm`` used by the reference, but with two plain parameters: no hooks, so it works on
-    the meta device and with FSDP2, and the parametrization API's renamed keys never appear.
+    ``torch.nn.utils.weight_norm`` the released heads were saved with, but with two plain parameters: no hooks, so
+    it works on the meta device and with FSDP2, and the parametrization API's renamed keys never appear.
     """
 
     def __init__(
@@ -32,7 +32,7 @@ class WeightNormLinear(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """``weight_v`` gets nn.Linear's default init and ``weight_g`` is 1, as in the reference's DINOHead."""
+        """``weight_v`` gets nn.Linear's default init and ``weight_g`` is 1, so every weight row starts at norm 1."""
         nn.init.kaiming_uniform_(self.weight_v, a=5**0.5)
         nn.init.ones_(self.weight_g)
 
@@ -73,8 +73,8 @@ def _build_mlp(
 class DINOHead(nn.Module):
     """``last_layer(normalize(mlp(x)))``: ``[*, in_dim] -> [*, out_dim]`` prototype scores.
 
-    Keys ``mlp.{0,2,4}.*`` and ``last_layer.weight_g``/``weight_v`` as in the reference. ``weight_g`` is trainable
-    (no norm freezing, unlike DINO v1).
+    Keys ``mlp.{0,2,4}.*`` and ``last_layer.weight_g``/``weight_v``, as in the released checkpoints. ``weight_g``
+    is trainable (no norm freezing, unlike DINO v1).
     """
 
     def __init__(

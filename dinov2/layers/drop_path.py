@@ -1,4 +1,4 @@
-"""Per-sample stochastic depth (Huang et al. 2016), as used by the reference's ``Block`` for small rates."""
+"""Per-sample stochastic depth (Huang et al. 2016), used by ``Block`` for small rates."""
 
 from torch import Tensor, nn
 

@@ -1,8 +1,8 @@
 """SwiGLU feed-forward (Shazeer 2020) in the packed layout of the released ViT-g (keys ``w12``, ``w3``).
 
-The reference builds ``SwiGLUFFNFused`` on xFormers' fused ``SwiGLU`` when it is installed; both share the packed
-``w12`` weight (first half gate, second half value), so this plain-torch version loads the same checkpoints and
-computes the same function. ``torch.compile`` fuses it where speed matters.
+The packed ``w12`` weight (first half gate, second half value) is the layout of xFormers' fused ``SwiGLU``, in
+which the released checkpoints are stored, so this plain-torch version loads them and computes the same function.
+``torch.compile`` fuses it where speed matters.
 """
 
 from collections.abc import Callable
@@ -17,8 +17,7 @@ __all__ = ["SwiGLUFFN", "SwiGLUFFNFused"]
 class SwiGLUFFN(nn.Module):
     """``w3(silu(x1) * x2)`` with ``x1, x2`` the two halves of ``w12(x)``.
 
-    ``act_layer`` and ``drop`` are accepted for signature compatibility with :class:`Mlp` and ignored, as in the
-    reference.
+    ``act_layer`` and ``drop`` are accepted for signature compatibility with :class:`Mlp` and ignored.
     """
 
     def __init__(

@@ -2,7 +2,7 @@
 
 Centering: the batch statistic of step t is summed locally, all-reduced asynchronously (so the communication
 overlaps the student pass) and folded into ``center`` only when the next target is computed, i.e. the center
-used at step t holds the teacher outputs up to step t-1, as in the reference.
+used at step t holds the teacher outputs up to step t-1.
 
 Checkpointing: a pending (not yet folded) update is part of the state. ``state_dict()`` therefore folds it in first
 (a state-dict pre-hook calls ``apply_center_update``), which gives exactly the center the next step would have used,
@@ -19,7 +19,7 @@ from dinov2 import distributed
 
 
 class _MomentumCenter(nn.Module):
-    """Holds the ``center`` buffer and the deferred-update machinery of the reference losses."""
+    """Holds the ``center`` buffer and the deferred-update machinery of the DINO and iBOT losses."""
 
     def __init__(self, center_shape: tuple[int, ...], center_momentum: float) -> None:
         super().__init__()
@@ -89,12 +89,12 @@ def sinkhorn_knopp(
 ) -> torch.Tensor:
     """Sinkhorn-Knopp targets for ``logits`` [R, K] whose rows (samples) are spread over ranks.
 
-    ``n_total`` is the number of rows over all ranks (an int or a 0-d tensor). Same iterations as the reference
-    (global normalisation, then ``n_iterations`` times rows to 1/K and columns to 1/n_total, row sums all-reduced),
-    with two numerical guards that do not change the result where the reference is finite: the global maximum
-    (all-reduced, so identical on every rank) is subtracted before ``exp`` (the first normalisation cancels any
-    global constant), and sums are clamped to the smallest normal float so a prototype or sample that underflowed
-    to zero gives zeros instead of NaN.
+    ``n_total`` is the number of rows over all ranks (an int or a 0-d tensor). Global normalisation, then
+    ``n_iterations`` times rows to 1/K and columns to 1/n_total (row sums all-reduced), with two numerical guards
+    that do not change the result where the plain iteration is finite: the global maximum (all-reduced, so
+    identical on every rank) is subtracted before ``exp`` (the first normalisation cancels any global constant),
+    and sums are clamped to the smallest normal float so a prototype or sample that underflowed to zero gives zeros
+    instead of NaN.
     """
     if teacher_temp <= 0:
         raise ValueError(f"teacher_temp must be > 0, got {teacher_temp}")

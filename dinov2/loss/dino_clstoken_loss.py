@@ -10,9 +10,9 @@ __all__ = ["DINOLoss"]
 
 
 class DINOLoss(_MomentumCenter):
-    """Reference ``DINOLoss``: buffer ``center`` [1, K], student temperature 0.1, center momentum 0.9.
+    """``DINOLoss``: buffer ``center`` [1, K], student temperature 0.1, center momentum 0.9.
 
-    The center update is deferred as in the reference (see ``dinov2.loss._teacher_targets``); the trainer needs no
+    The center update is deferred (see ``dinov2.loss._teacher_targets``); the trainer needs no
     extra call before saving because ``state_dict()`` folds a pending update in.
     """
 
@@ -45,8 +45,8 @@ class DINOLoss(_MomentumCenter):
     ) -> torch.Tensor:
         """Sum over every (student, teacher) pair given of the batch-mean cross-entropy ``-sum_k t log p_s``.
 
-        Pair selection (skipping identical views) and the normalisation by the number of pairs are the caller's, as
-        in the reference. Computed in float32.
+        Pair selection (skipping identical views) and the normalisation by the number of pairs are the caller's.
+        Computed in float32.
         """
         total = torch.zeros((), device=student_output_list[0].device)  # []
         for student_output in student_output_list:

@@ -15,10 +15,10 @@ def lossfunc(t: torch.Tensor, s: torch.Tensor, temp: float) -> torch.Tensor:
 
 
 class iBOTPatchLoss(_MomentumCenter):
-    """Reference ``iBOTPatchLoss``: buffer ``center`` [1, 1, K], student temperature 0.1, center momentum 0.9.
+    """``iBOTPatchLoss``: buffer ``center`` [1, 1, K], student temperature 0.1, center momentum 0.9.
 
     The center statistic of one step is each rank's mean over its masked tokens, averaged over ranks (the training
-    code passes the masked tokens as [1, M, K]), as in the reference.
+    code passes the masked tokens as [1, M, K]).
     """
 
     def __init__(self, patch_out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9) -> None:
@@ -46,8 +46,8 @@ class iBOTPatchLoss(_MomentumCenter):
     ) -> torch.Tensor:
         """Sinkhorn-Knopp targets [M, K] over the masked tokens of all ranks.
 
-        ``n_masked_patches_tensor`` holds this rank's M; it is summed over ranks on a copy (the reference
-        all-reduces the caller's tensor in place and needs a process group; here one process works too).
+        ``n_masked_patches_tensor`` holds this rank's M; it is summed over ranks on a copy, so the caller's tensor
+        is left unchanged, and a single process without a process group works too.
         """
         count = n_masked_patches_tensor.detach().to(device=teacher_output.device, dtype=torch.float32, copy=True)
         n_total = distributed.all_reduce(count).sum()  # [] (a tensor: no host sync)

@@ -10,8 +10,8 @@ __all__ = ["KoLeoLoss"]
 class KoLeoLoss(nn.Module):
     """``-mean_i log(d_i + eps)`` with ``d_i`` the distance of sample i to its nearest neighbour in the batch.
 
-    Computed in float32 whatever the input dtype (the reference keeps fp16 inputs in fp16, where its 1e-8 epsilons
-    underflow and duplicate rows give ``inf``). Uses the local batch only, as the reference.
+    Computed in float32 whatever the input dtype: in fp16 the 1e-8 epsilons underflow and duplicate rows give
+    ``inf``. Uses the local batch only, as the official DINOv2 code does, so the loss values match its runs.
     """
 
     def __init__(self) -> None:

@@ -27,9 +27,9 @@ def build_model(
     """Builds ``(student, teacher, embed_dim)``, or ``(teacher, embed_dim)`` with ``only_teacher``.
 
     ``args`` is the config's ``student`` section (attribute access, or a mapping). A ``_memeff`` suffix of
-    ``args.arch`` is accepted and ignored (attention always goes through SDPA, or xFormers when available); unlike
-    the reference, ``args`` is not modified. The teacher has no stochastic depth; the two models are initialised
-    independently (the meta-architecture copies the student into the teacher).
+    ``args.arch`` is accepted and ignored (attention always goes through SDPA, or xFormers when available);
+    ``args`` is not modified. The teacher has no stochastic depth; the two models are initialised independently
+    (the meta-architecture copies the student into the teacher).
     """
     if isinstance(args, Mapping):
         args = SimpleNamespace(**args)

@@ -1,9 +1,9 @@
 """Key remapping between checkpoint layouts of the ViT backbone.
 
 Training runs group the blocks into ``BlockChunk``s for FSDP (``blocks.<chunk>.<i>.*``, ``i`` the global block
-index) while the released/hub models are flat (``blocks.<i>.*``). The reference loads one into the other with
-``strict=False`` and leaves the weights silently random (dinov2 #210, #235); here the keys are rewritten to the
-target model's layout instead.
+index) while the released/hub models are flat (``blocks.<i>.*``). Loading one into the other with ``strict=False``
+would leave the weights silently random (dinov2 #210, #235), so the keys are rewritten to the target model's layout
+instead.
 """
 
 import re
@@ -24,8 +24,8 @@ _WRAPPER_PREFIXES = ("module.", "backbone.", "_orig_mod.")
 def strip_prefixes(state_dict: Mapping[str, Tensor], prefixes: Iterable[str] = _WRAPPER_PREFIXES) -> dict[str, Tensor]:
     """Removes wrapper prefixes from the *start* of each key, repeatedly (``module.backbone.x`` -> ``x``).
 
-    Only leading components are removed: a key such as ``blocks.0.attn.module.x`` is left alone (the reference's
-    substring replacement would mangle it).
+    Only leading components are removed: a key such as ``blocks.0.attn.module.x`` is left alone (a substring
+    replacement would mangle it).
     """
     prefixes = tuple(prefixes)
     out = {}

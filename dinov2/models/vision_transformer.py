@@ -1,7 +1,8 @@
 """The DINOv2 Vision Transformer (Oquab et al. 2023) with registers (Darcet et al. 2024).
 
 Parameter names, construction order (hence state-dict key order), initialisation and the position-embedding
-interpolation follow the reference, so the released checkpoints load strictly and give the same outputs.
+interpolation are kept as in the official DINOv2 code so that the released checkpoints load strictly and give the
+same outputs.
 Additions: inputs whose sides are not multiples of the patch size are cropped (top-left, one warning),
 ``get_intermediate_layers`` can return register tokens, ``get_last_selfattention`` returns attention maps, and every
 parameter is filled by :meth:`DinoVisionTransformer.init_weights` so the model can be built on the meta device.
@@ -142,7 +143,7 @@ class DinoVisionTransformer(nn.Module):
             block_chunks: >0 groups the blocks into that many ``BlockChunk``s (FSDP units); 0 keeps a flat list.
             num_register_tokens: number of register tokens R (>= 0).
             interpolate_antialias: antialias flag of the bicubic position-embedding interpolation.
-            interpolate_offset: offset added to the target grid; non-zero selects the reference's scale-factor path.
+            interpolate_offset: offset added to the target grid; non-zero selects the scale-factor path.
             device, dtype: where and in which dtype to create the parameters (``"meta"`` for deferred init).
         """
         super().__init__()
@@ -211,10 +212,9 @@ class DinoVisionTransformer(nn.Module):
     def init_weights(self) -> None:
         """Fills every parameter, so it is safe after ``to_empty()`` on a model built on the meta device.
 
-        Reference values: pos_embed trunc-normal(0.02), cls/register tokens normal(1e-6), mask token 0, every
-        Linear trunc-normal(0.02) with zero bias. LayerNorms, LayerScale (``init_values``) and the patch-embed
-        convolution get their own ``reset_parameters`` (the reference relies on their construction-time values,
-        which are the same).
+        Values: pos_embed trunc-normal(0.02), cls/register tokens normal(1e-6), mask token 0, every Linear
+        trunc-normal(0.02) with zero bias. LayerNorms, LayerScale (``init_values``) and the patch-embed convolution
+        get their own ``reset_parameters``, which restores their construction-time values.
         """
         trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=1e-6)
@@ -236,7 +236,7 @@ class DinoVisionTransformer(nn.Module):
 
     def interpolate_pos_encoding(self, x: Tensor, w: int, h: int) -> Tensor:
         """Position embeddings ``[1, 1+N, D]`` for tokens ``x`` ``[B, 1+N, D]`` of an image of height ``w`` and
-        width ``h`` pixels (the reference's argument names, kept; they arrive height first).
+        width ``h`` pixels (names kept from the official DINOv2 code for keyword callers; they arrive height first).
 
         Bicubic resampling in float32, cast back to ``x.dtype``. A non-zero ``interpolate_offset`` passes
         scale factors ``(grid + offset) / M`` to ``F.interpolate`` instead of a size: a legacy fix for
@@ -375,7 +375,8 @@ class DinoVisionTransformer(nn.Module):
         assert len(output) == len(wanted), f"only {len(output)} / {len(wanted)} blocks found"
         return output
 
-    # Reference names of the two variants; one walk over (global index, block) serves both layouts.
+    # Names of the two variants in the official DINOv2 code, kept for callers that use them; one walk over
+    # (global index, block) serves both layouts.
     _get_intermediate_layers_not_chunked = _get_intermediate_layers
     _get_intermediate_layers_chunked = _get_intermediate_layers
 
@@ -393,7 +394,7 @@ class DinoVisionTransformer(nn.Module):
 
         Each output is the patch tokens ``[B, N, D]`` (``[B, D, H/p, W/p]`` with ``reshape``), or a tuple
         ``(patches, cls [B, D])`` with ``return_class_token``, ``(patches, registers [B, R, D])`` with
-        ``return_register_tokens`` (an addition to the reference), or ``(patches, cls, registers)`` with both.
+        ``return_register_tokens``, or ``(patches, cls, registers)`` with both.
         ``norm`` applies the final LayerNorm to every output.
         """
         outputs = self._get_intermediate_layers(x, n)

@@ -1,9 +1,10 @@
 """The DINOv2 self-supervised meta-architecture: student and EMA teacher (backbone + DINO head [+ iBOT head]) and
 the three losses (DINO on CLS tokens, iBOT on masked patch tokens, KoLeo on the student's CLS tokens).
 
-Loss formulas, crop routing and normalisations are the reference's (see README, "Differences from the reference",
-for what changed around them): the teacher sees the two global crops, the student sees global crops (masked for
-iBOT) and local crops, and the DINO loss averages over all ``2 + 2 * n_local`` pairs of different views.
+Loss formulas, crop routing and normalisations are kept as in the official DINOv2 code so that its recipes optimise
+the same objective (README lists what changed around them): the teacher sees the two global crops, the student sees
+global crops (masked for iBOT) and local crops, and the DINO loss averages over all ``2 + 2 * n_local`` pairs of
+different views.
 """
 
 import contextlib
@@ -69,9 +70,9 @@ def _local(tensor: Tensor) -> Tensor:
 
 
 class SSLMetaArch(nn.Module):
-    """Reference ``SSLMetaArch(cfg)``: ``student`` and ``teacher`` ModuleDicts (``backbone``, ``dino_head``,
-    ``ibot_head`` with ``ibot.separate_head``) and the losses as submodules, so the state dict holds
-    ``student.*``, ``teacher.*``, ``dino_loss.center`` and ``ibot_patch_loss.center`` as in the reference.
+    """``SSLMetaArch(cfg)``: ``student`` and ``teacher`` ModuleDicts (``backbone``, ``dino_head``, ``ibot_head``
+    with ``ibot.separate_head``) and the losses as submodules, so the state dict holds ``student.*``, ``teacher.*``,
+    ``dino_loss.center`` and ``ibot_patch_loss.center``, the keys of the official DINOv2 training checkpoints.
 
     The model is built on ``dinov2.distributed.get_device()``. The teacher starts as a copy of the student (which
     holds ``student.pretrained_weights`` when set). Call :meth:`prepare_for_distributed_training` before training.
@@ -100,8 +101,8 @@ class SSLMetaArch(nn.Module):
         self.embed_dim = embed_dim
         student: dict[str, nn.Module] = {"backbone": student_backbone}
         teacher: dict[str, nn.Module] = {"backbone": teacher_backbone}
-        # The DINO head also serves iBOT unless ibot.separate_head (the reference crashed with DINO off and a
-        # shared head; here the shared head is simply built from the dino.* keys).
+        # The DINO head also serves iBOT unless ibot.separate_head; with DINO off the shared head is still built
+        # from the dino.* keys.
         if self.do_dino or (self.do_ibot and not self.ibot_separate_head):
             student["dino_head"], teacher["dino_head"] = self._make_head(cfg.dino), self._make_head(cfg.dino)
         if self.do_dino:
@@ -197,9 +198,9 @@ class SSLMetaArch(nn.Module):
         process nothing is sharded and mixed precision comes from autocast instead."""
         if has_batchnorms(self.student):
             raise ValueError("BatchNorm layers are not supported (their statistics would differ between ranks)")
-        # The backbone's forward_features returns slices of its normed tokens (x_norm_clstoken etc., views, as in
-        # the reference API). FSDP2 warns about views because an in-place op on one would skip its backward hook;
-        # this class only reads them (out-of-place cat/index), and tests/train/test_train_distributed.py::
+        # The backbone's forward_features returns slices of its normed tokens (x_norm_clstoken etc., which are
+        # views). FSDP2 warns about views because an in-place op on one would skip its backward hook; this class
+        # only reads them (out-of-place cat/index), and tests/train/test_train_distributed.py::
         # test_sharded_step_matches_the_replicated_step checks losses, gradients and weights of every strategy.
         warnings.filterwarnings(
             "ignore", message=r"FSDP2-wrapped module \(FSDPDinoVisionTransformer\) returned a view tensor"
@@ -260,7 +261,7 @@ class SSLMetaArch(nn.Module):
 
         Keys (those enabled): ``dino_local_crops_loss``, ``dino_global_crops_loss``, ``koleo_loss``, ``ibot_loss``.
         Each value is the term as it enters the optimised objective (weight included), so their sum is that
-        objective (the reference logged halved koleo/ibot values; see README).
+        objective.
         """
         batch = self._batch_to_device(images)
         targets = self.get_teacher_output(batch, teacher_temp)
@@ -322,8 +323,8 @@ class SSLMetaArch(nn.Module):
             logits = patch_logits.unsqueeze(0)  # [1, M, K]
             targets = self.ibot_patch_loss.softmax_center_teacher(logits, teacher_temp).squeeze(0)  # [M, K]
             if logits.shape[1] == 0:
-                # No masked token here (tiny grids or batches): the mean over none would put NaN into the center
-                # (as in the reference); this rank votes for the current center instead.
+                # No masked token here (tiny grids or batches): the mean over none would put NaN into the center;
+                # this rank votes for the current center instead.
                 logits = self.ibot_patch_loss.center.clone()  # [1, 1, K]
             self.ibot_patch_loss.update_center(logits)
             return targets
@@ -365,8 +366,9 @@ class SSLMetaArch(nn.Module):
     def compute_losses(
         self, batch: dict[str, Any], targets: _TeacherTargets, outputs: _StudentOutputs
     ) -> dict[str, Tensor]:
-        """The weighted loss terms. DINO: the average over the ``2 + 2 * n_local`` pairs of different views (the
-        reference's normaliser ``max(2 * n_local, 1) + 2``, i.e. 3 without local crops, is kept)."""
+        """The weighted loss terms. DINO: the sum over the pairs of different views divided by
+        ``max(2 * n_local, 1) + 2`` (3 without local crops, where there are 2 pairs: kept from the official DINOv2
+        code so that loss values and the effective DINO weight match its runs)."""
         n_terms = max(2 * self.n_local_crops, 1) + _N_GLOBAL_CROPS
         losses: dict[str, Tensor] = {}
         if self.do_dino:
@@ -409,8 +411,8 @@ class SSLMetaArch(nn.Module):
         return groups
 
     def clip_grad_norm_(self, max_norm: float) -> dict[str, float]:
-        """Clips the gradients of each student part separately to ``max_norm`` (as the reference); returns each
-        part's norm before clipping (sharded gradients give the global norm)."""
+        """Clips the gradients of each student part separately to ``max_norm``, so one part's large gradients do
+        not shrink the others'; returns each part's norm before clipping (sharded gradients give the global norm)."""
         norms = {}
         for name, part in self.student.items():
             norm = torch.nn.utils.clip_grad_norm_(part.parameters(), max_norm)

@@ -121,9 +121,9 @@ def build_optimizer(cfg: DictConfig, params_groups: list[dict[str, Any]]) -> tor
 
 
 def build_schedulers(cfg: DictConfig) -> tuple[CosineScheduler, ...]:
-    """``(lr, wd, momentum, teacher_temp, last_layer_lr)`` per-iteration schedules of the reference: lr with a
-    linear warmup then cosine to ``min_lr``; cosine weight decay and teacher momentum; a linear teacher-temperature
-    warmup then constant; lr again for the heads' last layer, but 0 during ``freeze_last_layer_epochs``."""
+    """``(lr, wd, momentum, teacher_temp, last_layer_lr)`` per-iteration schedules: lr with a linear warmup then
+    cosine to ``min_lr``; cosine weight decay and teacher momentum; a linear teacher-temperature warmup then
+    constant; lr again for the heads' last layer, but 0 during ``freeze_last_layer_epochs``."""
     epoch_len = cfg.train.OFFICIAL_EPOCH_LENGTH
     total = cfg.optim.epochs * epoch_len
     lr = CosineScheduler(

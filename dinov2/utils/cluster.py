@@ -1,8 +1,8 @@
 """Cluster defaults for the SLURM launchers (``dinov2/run``): shared checkpoint folder, partition, job resources.
 
-The reference knew three Meta clusters (AWS, FAIR, RSC) and assumed FAIR anywhere else. Here an unknown machine
-is ``GENERIC``: it has no built-in paths, so ``DINOV2_CHECKPOINT_PATH`` (or ``--output-dir``) says where jobs
-write, and SLURM's own default partition is used unless ``DINOV2_SLURM_PARTITION`` or ``--partition`` names one.
+Besides the three Meta clusters (AWS, FAIR, RSC), an unknown machine is ``GENERIC``: it has no built-in paths, so
+``DINOV2_CHECKPOINT_PATH`` (or ``--output-dir``) says where jobs write, and SLURM's own default partition is used
+unless ``DINOV2_SLURM_PARTITION`` or ``--partition`` names one.
 """
 
 import getpass

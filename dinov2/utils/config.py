@@ -34,7 +34,7 @@ _SCALING_RULES = ("sqrt_wrt_1024",)
 def apply_scaling_rules_to_cfg(cfg: DictConfig) -> DictConfig:
     """Sets ``optim.lr`` from ``optim.base_lr`` for the global batch (batch_size_per_gpu x world size), in place.
 
-    The derived value is logged and, as in the reference, ends up in the saved config.yaml.
+    The derived value is logged and ends up in the saved config.yaml, so the file records the lr actually used.
     """
     rule = cfg.optim.scaling_rule
     if rule != "sqrt_wrt_1024":

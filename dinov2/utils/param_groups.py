@@ -1,4 +1,4 @@
-"""Optimizer parameter groups of the reference: layer-wise lr decay, no weight decay on biases/norms/LayerScale,
+"""Optimizer parameter groups of DINOv2 training: layer-wise lr decay, no weight decay on biases/norms/LayerScale,
 a reduced lr for the patch embedding, and a flag for the heads' last layer (frozen during the first epoch)."""
 
 import logging
@@ -55,9 +55,9 @@ def get_params_groups_with_decay(
 ) -> list[dict[str, Any]]:
     """One group per trainable parameter with its ``lr_multiplier``, ``wd_multiplier`` and ``is_last_layer``.
 
-    As in the reference, weight decay is off (``wd_multiplier`` 0) only for biases, norms and LayerScale
-    ``gamma``; the class/register tokens, position embedding, mask token and the heads' weight-normalised last
-    layer do get weight decay.
+    Weight decay is off (``wd_multiplier`` 0) only for biases, norms and LayerScale ``gamma``; the class/register
+    tokens, position embedding, mask token and the heads' weight-normalised last layer do get weight decay, as in
+    the official DINOv2 code, so training matches the released runs.
     """
     n_blocks, chunked_blocks = _n_blocks(model)
     groups = []

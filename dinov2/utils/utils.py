@@ -1,4 +1,4 @@
-"""Small general helpers kept at the reference's import path ``dinov2.utils.utils``."""
+"""Small general helpers, kept at the official DINOv2 code's import path ``dinov2.utils.utils`` for its callers."""
 
 import logging
 import subprocess
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from dinov2.utils.rng import fix_random_seeds  # noqa: F401  (the reference's import path)
+from dinov2.utils.rng import fix_random_seeds  # noqa: F401  (re-exported at its old import path)
 
 logger = logging.getLogger("dinov2")
 

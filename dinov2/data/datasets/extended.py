@@ -27,7 +27,7 @@ class ExtendedVisionDataset(VisionDataset):
     run: unless ``strict``, it is logged once with its path, the next readable sample (``i + 1``, ``i + 2``, ...,
     wrapping around) is returned in its place, and ``num_unreadable`` counts the distinct bad samples met by this
     process (each DataLoader worker counts its own; the log line carries the running count). ``strict=True``
-    raises ``RuntimeError`` instead, as the reference always does.
+    raises ``RuntimeError`` instead.
     """
 
     def __init__(

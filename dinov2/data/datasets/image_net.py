@@ -1,4 +1,4 @@
-"""ImageNet-1k in its official layout, indexed by the reference's "extra" numpy files."""
+"""ImageNet-1k in its official layout, indexed by precomputed "extra" numpy files."""
 
 import csv
 import logging
@@ -78,8 +78,8 @@ class ImageNet(ExtendedVisionDataset):
     """ImageNet-1k: ``<root>/{train,val}/<wnid>/*.JPEG``, ``<root>/test/*.JPEG`` and ``<root>/labels.txt``.
 
     The sample list lives in ``<extra>/entries-<SPLIT>.npy`` (plus ``class-ids-`` and ``class-names-``), made once
-    with ``dump_extra()``. Subsets of the official splits are accepted (the reference asserts the exact split
-    length); pass ``check_length=True`` to insist on the full split.
+    with ``dump_extra()``. Subsets of the official splits are accepted (e.g. for small runs); pass
+    ``check_length=True`` to insist on the full split.
     """
 
     Target = int
@@ -221,8 +221,8 @@ class ImageNet(ExtendedVisionDataset):
             )  # uint32(-1)
         else:
             labels = _read_labels(Path(self.root) / "labels.txt")
-            # Class indices follow the sorted wnids of labels.txt, which for the full dataset equals the reference's
-            # ImageFolder order and stays consistent across splits when a subset lacks some classes.
+            # Class indices follow the sorted wnids of labels.txt: for the full dataset that is ImageFolder's order
+            # (the standard ImageNet indices), and it stays consistent across splits when a subset lacks classes.
             class_ids = sorted(labels)
             class_index_of = {class_id: i for i, class_id in enumerate(class_ids)}
             split_dir = Path(self.root) / self._split.get_dirname()

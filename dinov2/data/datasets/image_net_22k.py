@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["ImageNet22k"]
 
 _TAR_HEADER_SIZE = 512
-# Listed as an invalid image by the reference and left out of the entries.
+# An invalid image, left out of the entries as by the official DINOv2 code so that both entry files agree.
 _SKIPPED_FILENAMES = frozenset({"n06470073_47249.JPEG"})
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -41,10 +41,10 @@ class _Split(Enum):
 class ImageNet22k(ExtendedVisionDataset):
     """``<root>/<class_id>.tar`` per class, indexed by ``<extra>/entries.npy`` and ``<extra>/class-ids.npy``.
 
-    ``dump_extra()`` builds those files straight from the tar archives (the reference's version is broken and needs
-    block listings); offsets are stored as uint64, so archives over 4 GiB work. Entry files written by the
-    reference (uint32 offsets) load too. Each image is read as ``tar[start_offset + 512 : end_offset]`` and
-    gunzipped when it was stored compressed.
+    ``dump_extra()`` builds those files straight from the tar archives (no block listings needed); offsets are
+    stored as uint64, so archives over 4 GiB work. Entry files written by the official DINOv2 code (uint32
+    offsets) load too, so existing indexes can be reused. Each image is read as
+    ``tar[start_offset + 512 : end_offset]`` and gunzipped when it was stored compressed.
     """
 
     Labels = int
@@ -122,7 +122,7 @@ class ImageNet22k(ExtendedVisionDataset):
         tarball = self._get_tarball(str(entry["class_id"]))
         data = tarball[int(entry["start_offset"]) + _TAR_HEADER_SIZE : int(entry["end_offset"])]
         if data[:2] == _GZIP_MAGIC:
-            # The reference only allows 26 known indices here; any gzipped member is accepted instead.
+            # Any gzipped member is decompressed, whatever its index.
             data = gzip.decompress(data)
         return data
 

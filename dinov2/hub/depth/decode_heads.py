@@ -1,6 +1,6 @@
 """Depth decode heads of the hub depthers (linear ``BNHead`` and ``DPTHead``) in plain PyTorch.
 
-Module names and nesting follow the reference so that the released mmcv-style head checkpoints
+Module names and nesting are kept as in the official DINOv2 heads so that the released mmcv-style head checkpoints
 (``decode_head.conv_depth.*``, ``decode_head.reassemble_blocks.*``, ...) load strictly.
 """
 
@@ -42,7 +42,7 @@ def _make_activation(act_cfg: Mapping[str, Any] | None) -> nn.Module | None:
 class ConvModule(nn.Module):
     """Conv2d with optional norm and activation, applied in ``order`` (mmcv's ConvModule, the used subset).
 
-    The convolution is registered as ``conv`` and a norm as ``bn``, which gives the reference's state-dict keys.
+    The convolution is registered as ``conv`` and a norm as ``bn``, the state-dict keys of the released heads.
     Activations are not in-place, so callers need not clone their inputs.
     """
 
@@ -183,7 +183,7 @@ class DepthBaseDecodeHead(nn.Module):
     def _bins(self, like: torch.Tensor) -> torch.Tensor:
         if self.bins_strategy == "UD":
             return torch.linspace(self.min_depth, self.max_depth, self.n_bins, device=like.device, dtype=like.dtype)
-        # SID: depths spaced evenly in log space (the reference passes the depths as exponents; see README)
+        # SID: depths spaced evenly in log space between min_depth and max_depth (see README)
         log_min, log_max = math.log10(self.min_depth), math.log10(self.max_depth)
         return torch.logspace(log_min, log_max, self.n_bins, device=like.device, dtype=like.dtype)  # [K]
 

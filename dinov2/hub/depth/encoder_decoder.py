@@ -19,13 +19,12 @@ def add_prefix(inputs: Mapping[str, Any], prefix: str) -> dict[str, Any]:
 
 
 class DepthEncoderDecoder(nn.Module):
-    """Backbone + depth head; the state dict holds ``backbone.*`` and ``decode_head.*`` as in the reference.
+    """Backbone + depth head; the state dict holds ``backbone.*`` and ``decode_head.*``, the released layout.
 
-    The reference replaces ``backbone.forward`` by ``get_intermediate_layers`` and pads the image in a forward
-    pre-hook. Here the same happens inside ``extract_feat`` when ``out_index`` is given: the image is
-    zero-padded (evenly on both sides) to a multiple of ``patch_size``, and the un-normalised outputs of the
-    blocks in ``out_index`` are taken with their CLS tokens. Without ``out_index`` the backbone is called as is
-    and must return what the head expects (the reference's wiring).
+    With ``out_index``, ``extract_feat`` zero-pads the image (evenly on both sides) to a multiple of
+    ``patch_size`` and takes the un-normalised outputs of the blocks in ``out_index`` with their CLS tokens; the
+    backbone itself is left unmodified (no patched ``forward``, no hooks). Without ``out_index`` the backbone is
+    called as is and must return what the head expects.
     """
 
     def __init__(
@@ -145,7 +144,6 @@ class DepthEncoderDecoder(nn.Module):
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         """Depth in metres ``[B, 1, H, W]`` at the input size (whole-image inference).
 
-        The reference's ``forward`` runs the mmcv training step; the hub copy has no losses, so calling the
-        model predicts depth.
+        The hub model has no losses (mmcv's ``forward`` would run a training step), so calling it predicts depth.
         """
         return self.whole_inference(img, None, rescale=True)

@@ -16,7 +16,7 @@ def resize(
 ) -> torch.Tensor:
     """``F.interpolate`` that accepts sizes given as tensors or tuples, as mmseg's ``resize`` does.
 
-    Kept as a named function because the heads call it with the reference's argument names; the mmseg
+    Kept as a named function because the heads call it with mmseg's argument names; the mmseg
     warning about odd sizes with ``align_corners=True`` is left out (it never changes the result).
     """
     if size is not None:

@@ -47,7 +47,7 @@ ADE20K_CLASS_NAMES: tuple[str, ...] = (
     "bulletin board", "shower", "radiator", "glass", "clock", "flag",
 )
 
-# RGB colour of each ADE20K class (the palette used by mmsegmentation and the reference notebooks)
+# RGB colour of each ADE20K class (mmsegmentation's palette)
 ADE20K_PALETTE: tuple[tuple[int, int, int], ...] = (
     (120, 120, 120), (180, 120, 120), (6, 230, 230), (80, 50, 50), (4, 200, 3), (120, 120, 80),
     (140, 140, 140), (204, 5, 255), (230, 230, 230), (4, 250, 7), (224, 5, 255), (235, 255, 7),

@@ -14,9 +14,9 @@ __all__ = ["BNHead"]
 class BNHead(nn.Module):
     """BatchNorm then a 1x1 conv over the concatenated (resized) backbone maps.
 
-    ``in_channels`` lists the channels of the selected inputs; their sum must equal ``channels`` (the reference
-    asserts it). The reference uses SyncBatchNorm, which equals BatchNorm2d at inference and has the same
-    state-dict keys (``bn.*``); the classifier is ``conv_seg`` as in mmseg.
+    ``in_channels`` lists the channels of the selected inputs; their sum must equal ``channels``. BatchNorm2d
+    stands in for the SyncBatchNorm of the released heads: the two agree at inference and share the state-dict keys
+    (``bn.*``), so the released weights load; the classifier is ``conv_seg`` as in mmseg.
     """
 
     def __init__(

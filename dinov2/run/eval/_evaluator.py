@@ -1,8 +1,8 @@
 """The submitit task and command line shared by the k-NN, linear and log-regression launchers.
 
 Each launcher module (``dinov2/run/eval/knn.py`` ...) only names its ``Evaluator`` subclass; the subclass says
-which eval module to run (its ``get_args_parser`` gives the eval flags, its ``main`` runs in the job) and the job
-name the reference used. A launcher takes the eval's flags plus those of ``dinov2.run.submit``::
+which eval module to run (its ``get_args_parser`` gives the eval flags, its ``main`` runs in the job) and its job
+name. A launcher takes the eval's flags plus those of ``dinov2.run.submit``::
 
     PYTHONPATH=. python dinov2/run/eval/knn.py --nodes 1 --ngpus 8 --config-file <OUT>/config.yaml \\
         --pretrained-weights <OUT>/eval/training_24999/teacher_checkpoint.pth --output-dir <OUT>/eval/knn \\
