@@ -25,9 +25,9 @@ __all__ = [
     "add_residual",
     "drop_add_residual_stochastic_depth_list",
 ]
+
 # Rates above this use the batch-subset path in Block.forward, below it per-sample masks (the official threshold,
 # kept so that training draws the same random numbers).
-# Rates above this use the batch-subset path in Block.forward; below it the subset would save little compute.
 _SUBSET_DROP_MIN_RATIO = 0.1
 
 
