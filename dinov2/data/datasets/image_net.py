@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .extended import ExtendedVisionDataset
-from .extra_files import load_extra
+from .extra_files import ExtraFiles
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def _read_labels(labels_path: Path) -> dict[str, str]:
     return labels
 
 
-class ImageNet(ExtendedVisionDataset):
+class ImageNet(ExtraFiles, ExtendedVisionDataset):
     """ImageNet-1k: ``<root>/{train,val}/<wnid>/*.JPEG``, ``<root>/test/*.JPEG`` and ``<root>/labels.txt``.
 
     The sample list lives in ``<extra>/entries-<SPLIT>.npy`` (plus ``class-ids-`` and ``class-names-``), made once
@@ -117,15 +117,10 @@ class ImageNet(ExtendedVisionDataset):
     def split(self) -> "ImageNet.Split":
         return self._split
 
-    def _extra_path(self, name: str) -> str:
-        return os.path.join(self._extra_root, name)
-
-    def _load_extra(self, name: str) -> np.ndarray:
-        return load_extra(
-            self._extra_root,
-            name,
-            how_to_make=f"ImageNet(split=ImageNet.Split.{self._split.name}, root={self.root!r}, "
-            f"extra={self._extra_root!r}).dump_extra()",
+    def _how_to_make_extra(self) -> str:
+        return (
+            f"ImageNet(split=ImageNet.Split.{self._split.name}, root={self.root!r}, "
+            f"extra={self._extra_root!r}).dump_extra()"
         )
 
     @property

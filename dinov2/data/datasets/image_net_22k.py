@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .extended import ExtendedVisionDataset
-from .extra_files import load_extra
+from .extra_files import ExtraFiles
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class _Split(Enum):
         return f"imagenet21kp_{self.value}.txt"
 
 
-class ImageNet22k(ExtendedVisionDataset):
+class ImageNet22k(ExtraFiles, ExtendedVisionDataset):
     """``<root>/<class_id>.tar`` per class, indexed by ``<extra>/entries.npy`` and ``<extra>/class-ids.npy``.
 
     ``dump_extra()`` builds those files straight from the tar archives (no block listings needed); offsets are
@@ -77,15 +77,8 @@ class ImageNet22k(ExtendedVisionDataset):
         state.update(_entries=None, _class_ids=None, _mmaps=OrderedDict())
         return state
 
-    def _extra_path(self, name: str) -> str:
-        return os.path.join(self._extra_root, name)
-
-    def _load_extra(self, name: str) -> np.ndarray:
-        return load_extra(
-            self._extra_root,
-            name,
-            how_to_make=f"ImageNet22k(root={self.root!r}, extra={self._extra_root!r}).dump_extra()",
-        )
+    def _how_to_make_extra(self) -> str:
+        return f"ImageNet22k(root={self.root!r}, extra={self._extra_root!r}).dump_extra()"
 
     def _get_entries(self) -> np.ndarray:
         if self._entries is None:
