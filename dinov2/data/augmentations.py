@@ -29,6 +29,24 @@ def _check_scale(name: str, scale: Sequence[float]) -> tuple[float, float]:
     return scale
 
 
+def _check_counts(local_crops_number: int, global_crops_size: int, local_crops_size: int) -> None:
+    if int(local_crops_number) != local_crops_number or local_crops_number < 0:
+        raise ValueError(f"local_crops_number={local_crops_number} must be a non-negative integer")
+    for name, size in (("global_crops_size", global_crops_size), ("local_crops_size", local_crops_size)):
+        if int(size) != size or size <= 0:
+            raise ValueError(f"{name}={size} must be a positive integer number of pixels")
+
+
+def _random_crop_and_flip(size: int, scale: tuple[float, float]) -> transforms.Compose:
+    """Random-resized crop (bicubic) to ``size`` covering ``scale`` of the image area, then a horizontal flip 1/2."""
+    return transforms.Compose(
+        [
+            transforms.RandomResizedCrop(size, scale=scale, interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.RandomHorizontalFlip(p=0.5),
+        ]
+    )
+
+
 class DataAugmentationDINO:
     """Turns one PIL image into the dict of crops the SSL meta-architecture consumes.
 
@@ -55,44 +73,16 @@ class DataAugmentationDINO:
     ) -> None:
         self.global_crops_scale = _check_scale("global_crops_scale", global_crops_scale)
         self.local_crops_scale = _check_scale("local_crops_scale", local_crops_scale)
-        if int(local_crops_number) != local_crops_number or local_crops_number < 0:
-            raise ValueError(f"local_crops_number={local_crops_number} must be a non-negative integer")
-        for name, size in (("global_crops_size", global_crops_size), ("local_crops_size", local_crops_size)):
-            if int(size) != size or size <= 0:
-                raise ValueError(f"{name}={size} must be a positive integer number of pixels")
+        _check_counts(local_crops_number, global_crops_size, local_crops_size)
         self.local_crops_number = int(local_crops_number)
         self.global_crops_size = int(global_crops_size)
         self.local_crops_size = int(local_crops_size)
         blur_probabilities = (global_crops_1_blur_p, global_crops_2_blur_p, local_crops_blur_p)
         self.blur_probabilities = tuple(float(p) for p in blur_probabilities)
 
-        logger.info("###################################", extra=FILE_ONLY)
-        logger.info("Using data augmentation parameters:", extra=FILE_ONLY)
-        logger.info("global_crops_scale: %s", self.global_crops_scale, extra=FILE_ONLY)
-        logger.info("local_crops_scale: %s", self.local_crops_scale, extra=FILE_ONLY)
-        logger.info("local_crops_number: %s", self.local_crops_number, extra=FILE_ONLY)
-        logger.info("global_crops_size: %s", self.global_crops_size, extra=FILE_ONLY)
-        logger.info("local_crops_size: %s", self.local_crops_size, extra=FILE_ONLY)
-        logger.info("blur probabilities (global 1, global 2, local): %s", self.blur_probabilities, extra=FILE_ONLY)
-        logger.info("###################################", extra=FILE_ONLY)
-
-        bicubic = transforms.InterpolationMode.BICUBIC
-        self.geometric_augmentation_global = transforms.Compose(
-            [
-                transforms.RandomResizedCrop(
-                    self.global_crops_size, scale=self.global_crops_scale, interpolation=bicubic
-                ),
-                transforms.RandomHorizontalFlip(p=0.5),
-            ]
-        )
-        self.geometric_augmentation_local = transforms.Compose(
-            [
-                transforms.RandomResizedCrop(
-                    self.local_crops_size, scale=self.local_crops_scale, interpolation=bicubic
-                ),
-                transforms.RandomHorizontalFlip(p=0.5),
-            ]
-        )
+        self._log_parameters()
+        self.geometric_augmentation_global = _random_crop_and_flip(self.global_crops_size, self.global_crops_scale)
+        self.geometric_augmentation_local = _random_crop_and_flip(self.local_crops_size, self.local_crops_scale)
         color_jittering = transforms.Compose(
             [
                 transforms.RandomApply(
@@ -113,6 +103,17 @@ class DataAugmentationDINO:
             ]
         )
         self.local_transfo = transforms.Compose([color_jittering, GaussianBlur(p=blur_local), self.normalize])
+
+    def _log_parameters(self) -> None:
+        logger.info("###################################", extra=FILE_ONLY)
+        logger.info("Using data augmentation parameters:", extra=FILE_ONLY)
+        logger.info("global_crops_scale: %s", self.global_crops_scale, extra=FILE_ONLY)
+        logger.info("local_crops_scale: %s", self.local_crops_scale, extra=FILE_ONLY)
+        logger.info("local_crops_number: %s", self.local_crops_number, extra=FILE_ONLY)
+        logger.info("global_crops_size: %s", self.global_crops_size, extra=FILE_ONLY)
+        logger.info("local_crops_size: %s", self.local_crops_size, extra=FILE_ONLY)
+        logger.info("blur probabilities (global 1, global 2, local): %s", self.blur_probabilities, extra=FILE_ONLY)
+        logger.info("###################################", extra=FILE_ONLY)
 
     def __call__(self, image: Image.Image) -> dict[str, list[torch.Tensor] | tuple]:
         global_crop_1 = self.global_transfo1(self.geometric_augmentation_global(image))  # [3, G, G]
