@@ -187,7 +187,6 @@ class MetricLogger:
             except TypeError:
                 raise ValueError("iterable has no len(); pass n_iterations") from None
         header = header or ""
-        width = len(str(n_iterations))
         iter_time, data_time = SmoothedValue(fmt="{avg:.6f}"), SmoothedValue(fmt="{avg:.6f}")
         if start_iteration > 0 and distributed.is_main_process():
             self._drop_lines_from(start_iteration)
@@ -201,23 +200,7 @@ class MetricLogger:
             yield item
             iter_time.update(time.time() - end)
             if i % print_freq == 0 or i == n_iterations - 1:
-                self.dump_in_output_file(i, iter_time.avg, data_time.avg)
-                eta = datetime.timedelta(seconds=int(iter_time.global_avg * (n_iterations - i - 1)))
-                parts = [header, f"[{i:{width}d}/{n_iterations}]", f"eta: {eta}", str(self)]
-                parts += [f"time: {iter_time}", f"data: {data_time}"]
-                memory = _max_memory_mb()
-                if memory is not None:
-                    parts.append(f"max mem: {memory:.0f}")
-                full_line = self.delimiter.join(part for part in parts if part)
-                if console_meters is None:
-                    logger.info(full_line)
-                else:
-                    logger.info(full_line, extra=FILE_ONLY)
-                    logger.info(
-                        self._console_line(
-                            header, i, n_iterations, eta, iter_time, console_meters, samples_per_iteration
-                        )
-                    )
+                self._log_progress(header, i, n_iterations, iter_time, data_time, console_meters, samples_per_iteration)
             i += 1
             end = time.time()
             if i >= n_iterations:
@@ -230,6 +213,31 @@ class MetricLogger:
             datetime.timedelta(seconds=int(total)),
             total / max(done, 1),
         )
+
+    def _log_progress(
+        self,
+        header: str,
+        i: int,
+        n_iterations: int,
+        iter_time: SmoothedValue,
+        data_time: SmoothedValue,
+        console_meters: Sequence[str] | None,
+        samples_per_iteration: int | None,
+    ) -> None:
+        """The progress line of iteration ``i`` (see :meth:`log_every`), and its row in the metrics file."""
+        self.dump_in_output_file(i, iter_time.avg, data_time.avg)
+        eta = datetime.timedelta(seconds=int(iter_time.global_avg * (n_iterations - i - 1)))
+        parts = [header, f"[{i:{len(str(n_iterations))}d}/{n_iterations}]", f"eta: {eta}", str(self)]
+        parts += [f"time: {iter_time}", f"data: {data_time}"]
+        memory = _max_memory_mb()
+        if memory is not None:
+            parts.append(f"max mem: {memory:.0f}")
+        full_line = self.delimiter.join(part for part in parts if part)
+        if console_meters is None:
+            logger.info(full_line)
+            return
+        logger.info(full_line, extra=FILE_ONLY)
+        logger.info(self._console_line(header, i, n_iterations, eta, iter_time, console_meters, samples_per_iteration))
 
     def _console_line(
         self,
