@@ -330,6 +330,17 @@ def _fit_and_selection_sets(
     return (features[fit_idx], labels[fit_idx]), (features[select_idx], labels[select_idx])
 
 
+def _extract(
+    model: nn.Module, dataset: Dataset | None, name: str, batch_size: int, num_workers: int, gather_on_cpu: bool
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Float32 features and labels of ``dataset`` (None, None without one)."""
+    if dataset is None:
+        return None, None
+    logger.info("Extracting features for the %s set", name)
+    features, labels = extract_features(model, dataset, batch_size, num_workers, gather_on_cpu)
+    return features.float(), labels
+
+
 def eval_log_regression(
     *,
     model: nn.Module,
@@ -351,18 +362,10 @@ def eval_log_regression(
     10% of the training set (seed 0), the rest being used for fitting; the final fit then uses all of train.
     """
     train_features_device = torch.device(train_features_device)
-    gather_on_cpu = train_features_device.type == "cpu"
-    logger.info("Extracting features for the train set")
-    train_features, train_labels = extract_features(model, train_dataset, batch_size, num_workers, gather_on_cpu)
-    logger.info("Extracting features for the val set")
-    val_features, val_labels = extract_features(model, val_dataset, batch_size, num_workers, gather_on_cpu)
-    if finetune_dataset is not None:
-        finetune_features, finetune_labels = extract_features(
-            model, finetune_dataset, batch_size, num_workers, gather_on_cpu
-        )
-    else:
-        finetune_features = finetune_labels = None
-    train_features, val_features = train_features.float(), val_features.float()
+    (train_features, train_labels), (val_features, val_labels), (finetune_features, finetune_labels) = [
+        _extract(model, dataset, name, batch_size, num_workers, gather_on_cpu=train_features_device.type == "cpu")
+        for dataset, name in ((train_dataset, "train"), (val_dataset, "val"), (finetune_dataset, "finetune"))
+    ]
     num_classes = int(train_labels.max()) + 1
     (fit_features, fit_labels), (select_features, select_labels) = _fit_and_selection_sets(
         (train_features, train_labels), (val_features, val_labels), finetune_features, finetune_labels, finetune_on_val
