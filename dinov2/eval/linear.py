@@ -345,7 +345,7 @@ def eval_linear(
 
     The loss is the sum over heads of their cross-entropies, so one backward pass trains the whole grid.
     ``start_iter`` says the caller has already restored the heads, optimizer and scheduler (see
-    :func:`_resume`); otherwise they are restored here.
+    :func:`_restore`); otherwise they are restored here.
     """
     checkpointer = Checkpointer(
         linear_classifiers,
@@ -662,6 +662,32 @@ def _final_results(
     return results_dict
 
 
+def _train_dataset(dataset_str: str, transform: Callable | None) -> Dataset:
+    """The probe's training set, with the random-resized-crop + flip transform unless one is given."""
+    from dinov2.data import make_dataset
+    from dinov2.data.transforms import make_classification_train_transform
+
+    return make_dataset(
+        dataset_str=dataset_str, transform=make_classification_train_transform() if transform is None else transform
+    )
+
+
+def _restore(
+    linear_classifiers: AllClassifiers,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    output_dir: str,
+    classifier_fpath: str | None,
+    resume: bool,
+) -> int:
+    """Loads the heads, optimizer and scheduler from the last checkpoint in ``output_dir`` (with ``resume``) or from
+    ``classifier_fpath``; returns the iteration to start at (0 when there is nothing to load)."""
+    checkpointer = Checkpointer(
+        linear_classifiers, output_dir, save_to_disk=False, optimizer=optimizer, scheduler=scheduler
+    )
+    return checkpointer.resume_or_load(classifier_fpath or "", resume=resume).get("iteration", -1) + 1
+
+
 def run_eval_linear(
     model: nn.Module,
     output_dir: str,
@@ -687,30 +713,20 @@ def run_eval_linear(
     eval_transform: Callable | None = None,
 ) -> dict[str, Any]:
     """Linear probe of ``model`` on dataset strings; returns the chosen head and its accuracies (in %)."""
-    from dinov2.data import make_dataset
-    from dinov2.data.transforms import make_classification_train_transform
-
-    seed = 0
     test_dataset_strs, test_metric_types, test_class_mapping_fpaths = _test_sets(
         val_dataset_str, val_metric_type, test_dataset_strs, test_metric_types, test_class_mapping_fpaths
     )
     os.makedirs(output_dir, exist_ok=True)
-    train_dataset = make_dataset(
-        dataset_str=train_dataset_str,
-        transform=make_classification_train_transform() if train_transform is None else train_transform,
-    )
+    train_dataset = _train_dataset(train_dataset_str, train_transform)
     training_num_classes = len(np.unique(_get_targets(train_dataset).astype(int)))
     max_iter = epochs * epoch_length
     feature_model, linear_classifiers, optimizer, scheduler = _build_probe(
         model, train_dataset, learning_rates, batch_size, training_num_classes, autocast_dtype, max_iter
     )
-    checkpointer = Checkpointer(
-        linear_classifiers, output_dir, save_to_disk=False, optimizer=optimizer, scheduler=scheduler
-    )
     # restored once, here: the train loader needs the position to skip the samples already seen
-    start_iter = checkpointer.resume_or_load(classifier_fpath or "", resume=resume).get("iteration", -1) + 1
+    start_iter = _restore(linear_classifiers, optimizer, scheduler, output_dir, classifier_fpath, resume)
     train_data_loader = make_train_data_loader(
-        train_dataset, batch_size=batch_size, num_workers=num_workers, seed=seed, start_iter=start_iter
+        train_dataset, batch_size=batch_size, num_workers=num_workers, seed=0, start_iter=start_iter
     )
     val_data_loader = make_eval_data_loader(
         val_dataset_str, batch_size, num_workers, val_metric_type, transform=eval_transform, train_dataset=train_dataset

@@ -72,6 +72,15 @@ _FFN_LAYERS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+def _check_arguments(ffn_layer: str, num_register_tokens: int, block_chunks: int) -> None:
+    if ffn_layer not in _FFN_LAYERS:
+        raise ValueError(f"unknown ffn_layer={ffn_layer!r}; choose one of {sorted(_FFN_LAYERS)}")
+    if num_register_tokens < 0:
+        raise ValueError(f"num_register_tokens must be >= 0, got {num_register_tokens}")
+    if block_chunks < 0:
+        raise ValueError(f"block_chunks must be >= 0, got {block_chunks}")
+
+
 def _drop_path_rates(rate: float, depth: int, uniform: bool) -> list[float]:
     """Stochastic-depth rate of each block: ``rate`` everywhere, or a linear ramp from 0 to ``rate``."""
     if uniform:
@@ -147,12 +156,7 @@ class DinoVisionTransformer(nn.Module):
             device, dtype: where and in which dtype to create the parameters (``"meta"`` for deferred init).
         """
         super().__init__()
-        if ffn_layer not in _FFN_LAYERS:
-            raise ValueError(f"unknown ffn_layer={ffn_layer!r}; choose one of {sorted(_FFN_LAYERS)}")
-        if num_register_tokens < 0:
-            raise ValueError(f"num_register_tokens must be >= 0, got {num_register_tokens}")
-        if block_chunks < 0:
-            raise ValueError(f"block_chunks must be >= 0, got {block_chunks}")
+        _check_arguments(ffn_layer, num_register_tokens, block_chunks)
         factory = {"device": device, "dtype": dtype} if device is not None or dtype is not None else {}
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
 
