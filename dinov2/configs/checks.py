@@ -29,7 +29,8 @@ _RANGES: dict[str, tuple[float, float, bool, bool]] = {
     ),
     **dict.fromkeys(
         [
-            "train.num_workers", "train.saveckp_freq", "train.max_to_keep", "train.max_nan_steps", "train.seed",
+            "train.num_workers", "train.cpu_threads", "train.saveckp_freq", "train.max_to_keep", "train.max_nan_steps",
+            "train.seed",
             "student.depth",
             "student.block_chunks", "student.num_register_tokens", "student.layerscale", "optim.base_lr", "optim.lr",
             "optim.min_lr", "optim.weight_decay", "optim.weight_decay_end", "optim.warmup_epochs", "optim.clip_grad",

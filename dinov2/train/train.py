@@ -542,6 +542,12 @@ def _budget_iterations(cfg: DictConfig) -> int:
     return iterations
 
 
+def use_cpu_threads(cfg: DictConfig) -> None:
+    """``train.cpu_threads`` intra-op threads when training on a CPU device (0: PyTorch's default)."""
+    if cfg.train.cpu_threads > 0 and distributed.get_device().type == "cpu":
+        torch.set_num_threads(int(cfg.train.cpu_threads))
+
+
 def _apply_recipe(cfg: DictConfig, args: argparse.Namespace) -> None:
     """``recipe.auto``: derives the keys the user did not set (see ``dinov2.train.recipe``). With
     ``recipe.budget_minutes`` > 0 the training length comes from the budget (calibrated with the derived keys in
@@ -551,6 +557,7 @@ def _apply_recipe(cfg: DictConfig, args: argparse.Namespace) -> None:
     global_batch = cfg.train.batch_size_per_gpu * distributed.get_global_size()
     if cfg.recipe.auto:
         apply_recipe(cfg, user_keys, global_batch=global_batch)
+    use_cpu_threads(cfg)  # before the calibration, which must time the run's own setting
     if cfg.recipe.budget_minutes > 0:
         if "train.OFFICIAL_EPOCH_LENGTH" in cli_keys:
             raise ConfigError(
@@ -571,6 +578,7 @@ _RESUMABLE_CHANGES = (
     "train.batch_size_per_gpu",  # with the world size (optim.lr records the global batch)
     "optim.lr",
     "train.num_workers",
+    "train.cpu_threads",
     "train.saveckp_freq",
     "train.max_to_keep",
     "train.max_nan_steps",
@@ -625,6 +633,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         _apply_recipe(cfg, args)
     if not args.no_resume and not args.eval_only:
         check_resume_config(cfg, allow_safe_changes=getattr(args, "resume_with_changes", False))
+    use_cpu_threads(cfg)
     if distributed.is_main_process():
         write_config(cfg, cfg.train.output_dir)
     torch.backends.cuda.matmul.allow_tf32 = True

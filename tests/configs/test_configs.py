@@ -84,6 +84,7 @@ NEW_KEYS = {
     "train.max_to_keep": 3,
     "train.compile": False,
     "train.max_nan_steps": 0,
+    "train.cpu_threads": 0,
     "crops.global_crops_1_blur_p": 0.0,
     "crops.global_crops_2_blur_p": 0.9,
     "crops.local_crops_blur_p": 0.5,

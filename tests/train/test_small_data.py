@@ -15,6 +15,7 @@ from dinov2.eval import knn
 from dinov2.hub.backbones import dinov2_vits14
 from dinov2.train import main
 from dinov2.train.recipe import DataFacts, derive_recipe
+from dinov2.train.train import use_cpu_threads
 from tests.train.conftest import TINY_DEPTH, make_args
 
 
@@ -181,3 +182,23 @@ def test_resume_refuses_a_changed_config_unless_the_change_is_safe(tmp_path: Pat
     result = main(make_args(tmp_path, image_root, "optim.epochs=2", resume_with_changes=True))  # a longer run
     assert result["iteration"] == 11 and OmegaConf.load(tmp_path / "config.yaml").optim.epochs == 2
     assert main(make_args(tmp_path, image_root, "student.layerscale=0.1", no_resume=True))["iteration"] == 5
+
+
+@pytest.mark.parametrize("cpus, workers, threads", [(2, 1, 1), (16, 10, 6), (1, 1, 1)])
+def test_recipe_leaves_the_data_workers_their_cores_on_a_cpu(cpus: int, workers: int, threads: int) -> None:
+    facts = DataFacts(5_000, 28)
+    recipe = derive_recipe(facts, depth=6, global_batch=64, iterations=1_000, cpus_per_rank=cpus, cpu_device=True)
+    assert (recipe["train.num_workers"], recipe["train.cpu_threads"]) == (workers, threads)
+    on_gpu = derive_recipe(facts, depth=6, global_batch=64, iterations=1_000, cpus_per_rank=cpus)
+    assert "train.cpu_threads" not in on_gpu
+
+
+def test_cpu_threads_set_the_threads_of_a_cpu_run() -> None:
+    before = torch.get_num_threads()
+    try:
+        use_cpu_threads(OmegaConf.create({"train": {"cpu_threads": 1}}))
+        assert torch.get_num_threads() == 1
+        use_cpu_threads(OmegaConf.create({"train": {"cpu_threads": 0}}))  # 0 leaves the setting alone
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
