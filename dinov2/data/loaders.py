@@ -135,37 +135,24 @@ def _make_sampler(
 ) -> Sampler | None:
     """One sampler per ``SamplerType``; ``advance`` is a global sample count (see ``dinov2.data.samplers``)."""
     sample_count = len(dataset)
+    # what the index samplers share: the indices, their order and this rank's place in it
+    position = {
+        "sample_count": sample_count, "shuffle": shuffle, "seed": seed, "start": rank, "step": world_size,
+        "advance": advance,
+    }  # fmt: skip
     if type == SamplerType.INFINITE:
         logger.info("sampler: infinite")
         if size > 0:
             raise ValueError(f"sampler_size={size} is not supported by the INFINITE sampler; leave it at -1")
-        return InfiniteSampler(
-            sample_count=sample_count, shuffle=shuffle, seed=seed, start=rank, step=world_size, advance=advance
-        )
+        return InfiniteSampler(**position)
     if type in (SamplerType.SHARDED_INFINITE, SamplerType.SHARDED_INFINITE_NEW):
         logger.info("sampler: sharded infinite")
         if size > 0:
             raise ValueError(f"sampler_size={size} is not supported by the {type.name} sampler; leave it at -1")
-        return ShardedInfiniteSampler(
-            sample_count=sample_count,
-            shuffle=shuffle,
-            seed=seed,
-            start=rank,
-            step=world_size,
-            advance=advance,
-            use_new_shuffle_tensor_slice=type == SamplerType.SHARDED_INFINITE_NEW,
-        )
+        return ShardedInfiniteSampler(**position, use_new_shuffle_tensor_slice=type == SamplerType.SHARDED_INFINITE_NEW)
     if type == SamplerType.EPOCH:
         logger.info("sampler: epoch")
-        return EpochSampler(
-            size=size if size > 0 else sample_count,
-            sample_count=sample_count,
-            shuffle=shuffle,
-            seed=seed,
-            start=rank,
-            step=world_size,
-            advance=advance,
-        )
+        return EpochSampler(size=size if size > 0 else sample_count, **position)
     if type == SamplerType.DISTRIBUTED:
         logger.info("sampler: distributed")
         if size > 0:
