@@ -370,16 +370,15 @@ def eval_log_regression(
     (fit_features, fit_labels), (select_features, select_labels) = _fit_and_selection_sets(
         (train_features, train_labels), (val_features, val_labels), finetune_features, finetune_labels, finetune_on_val
     )
+    solver = {"num_classes": num_classes, "train_dtype": train_dtype, "train_features_device": train_features_device}
     sweep = sweep_C_values(
         train_features=fit_features,
         train_labels=fit_labels,
         test_data_loader=_features_loader(select_features, select_labels, batch_size),
         metric_type=metric_type,
-        num_classes=num_classes,
-        train_dtype=train_dtype,
-        train_features_device=train_features_device,
         max_train_iters=max_train_iters,
         c_power_range=c_power_range,
+        **solver,
     )
     best_C = sweep["best_C"]
 
@@ -395,9 +394,7 @@ def eval_log_regression(
         train_labels=fit_labels,
         logreg_metric=final_metric,
         test_data_loader=_features_loader(val_features, val_labels, batch_size),
-        train_dtype=train_dtype,
-        train_features_device=train_features_device,
-        num_classes=num_classes,
+        **solver,
     )
     top1 = results["top-1"]
     top5 = results.get("top-5")
