@@ -100,12 +100,6 @@ def _data_workers(cpus_per_rank: int) -> int:
     return int(min(10, max(1, cpus_per_rank - 1)))
 
 
-def _cpu_threads(cpus_per_rank: int) -> int:
-    """The cores the data workers leave: with one thread per core on top of busy workers, the threads wait for
-    each other (measured with 2 cores and 1 worker: 1 thread 0.73 s per iteration, 2 threads 0.86 s)."""
-    return max(1, cpus_per_rank - _data_workers(cpus_per_rank))
-
-
 def _round_to(value: float, multiple: int, minimum: int) -> int:
     return int(max(minimum, round(value / multiple)) * multiple)
 
@@ -137,15 +131,13 @@ def derive_recipe(
     epochs: int = 100,
     bf16: bool = False,
     cpus_per_rank: int = 1,
-    cpu_device: bool = False,
 ) -> dict[str, Any]:
     """The derived ``{dotted key: value}``.
 
     ``iterations`` is the training length (from a time budget); None derives it from the dataset size: about 2M
     samples seen, at least 10 and at most 300 epochs (small sets need many passes, large ones few). ``epochs`` is
     the ``optim.epochs`` the schedule is expressed in (see :func:`schedule_keys`); ``bf16`` whether the device has
-    fast bf16 (:func:`fast_bf16`); ``cpus_per_rank`` sets the data-loader workers and, on a CPU device
-    (``cpu_device``), the training process's threads.
+    fast bf16 (:func:`fast_bf16`); ``cpus_per_rank`` sets the data-loader workers.
     """
     patch = _patch_size(min(facts.image_size, 224))
     global_size = _round_to(min(facts.image_size, 224), patch, minimum=2)
@@ -169,8 +161,6 @@ def derive_recipe(
         **_precision_keys(bf16),
         "train.num_workers": _data_workers(cpus_per_rank),
     }
-    if cpu_device:
-        recipe["train.cpu_threads"] = _cpu_threads(cpus_per_rank)
     prototypes = _prototypes(facts.n_images)
     if prototypes is not None:
         recipe["dino.head_n_prototypes"] = prototypes
@@ -240,7 +230,6 @@ def apply_recipe(
             epochs=epochs,
             bf16=fast_bf16(distributed.get_device()),
             cpus_per_rank=_cpus_per_rank(),
-            cpu_device=distributed.get_device().type == "cpu",
         )
         what = f"{facts.n_images} images of about {facts.image_size} px, depth {depth}"
     applied = {key: value for key, value in derived.items() if key not in protected}

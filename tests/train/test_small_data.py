@@ -184,15 +184,6 @@ def test_resume_refuses_a_changed_config_unless_the_change_is_safe(tmp_path: Pat
     assert main(make_args(tmp_path, image_root, "student.layerscale=0.1", no_resume=True))["iteration"] == 5
 
 
-@pytest.mark.parametrize("cpus, workers, threads", [(2, 1, 1), (16, 10, 6), (1, 1, 1)])
-def test_recipe_leaves_the_data_workers_their_cores_on_a_cpu(cpus: int, workers: int, threads: int) -> None:
-    facts = DataFacts(5_000, 28)
-    recipe = derive_recipe(facts, depth=6, global_batch=64, iterations=1_000, cpus_per_rank=cpus, cpu_device=True)
-    assert (recipe["train.num_workers"], recipe["train.cpu_threads"]) == (workers, threads)
-    on_gpu = derive_recipe(facts, depth=6, global_batch=64, iterations=1_000, cpus_per_rank=cpus)
-    assert "train.cpu_threads" not in on_gpu
-
-
 def test_cpu_threads_set_the_threads_of_a_cpu_run() -> None:
     before = torch.get_num_threads()
     try:
