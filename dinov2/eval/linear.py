@@ -629,7 +629,7 @@ def _final_results(
     best_classifier: dict[str, Any],
     test_dataset_strs: Sequence[str],
     test_metric_types: Sequence[MetricType],
-    test_class_mapping_fpaths: Sequence[str | None],
+    test_class_mappings: Sequence[torch.Tensor | None],
     batch_size: int,
     metrics_file_path: str,
     training_num_classes: int,
@@ -653,7 +653,7 @@ def _final_results(
             iteration,
             best_classifier["name"],
             prefixstring="",
-            test_class_mappings=[_load_class_mapping(path) for path in test_class_mapping_fpaths],
+            test_class_mappings=test_class_mappings,
             transform=eval_transform,
             train_dataset=train_dataset,
         )
@@ -731,7 +731,9 @@ def run_eval_linear(
     val_data_loader = make_eval_data_loader(
         val_dataset_str, batch_size, num_workers, val_metric_type, transform=eval_transform, train_dataset=train_dataset
     )
+    # read before training, so that a wrong mapping path fails at once
     val_class_mapping = _load_class_mapping(val_class_mapping_fpath)
+    test_class_mappings = [_load_class_mapping(path) for path in test_class_mapping_fpaths]
     metrics_file_path = os.path.join(output_dir, "results_eval_linear.json")
     val_results_dict, feature_model, linear_classifiers, iteration = eval_linear(
         feature_model=feature_model,
@@ -760,7 +762,7 @@ def run_eval_linear(
         best_classifier=val_results_dict["best_classifier"],
         test_dataset_strs=test_dataset_strs,
         test_metric_types=test_metric_types,
-        test_class_mapping_fpaths=test_class_mapping_fpaths,
+        test_class_mappings=test_class_mappings,
         batch_size=batch_size,
         metrics_file_path=metrics_file_path,
         training_num_classes=training_num_classes,
