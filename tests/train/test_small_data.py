@@ -115,6 +115,15 @@ def test_recipe_keeps_layerscale_of_deep_networks_and_follows_the_budget() -> No
     assert recipe["evaluation.eval_period_iterations"] == 200
 
 
+@pytest.mark.parametrize(
+    "iterations, start, final",
+    [(1_500, 0.99, 0.99), (4_000, 0.995, 0.995), (19_999, 0.996, 0.996), (50_000, 0.996, 1.0)],
+)
+def test_recipe_holds_the_teacher_momentum_in_short_runs(iterations: int, start: float, final: float) -> None:
+    recipe = derive_recipe(DataFacts(5_000, 28), depth=6, global_batch=64, iterations=iterations)
+    assert (recipe["teacher.momentum_teacher"], recipe["teacher.final_momentum_teacher"]) == (start, final)
+
+
 @pytest.mark.slow
 def test_recipe_auto_writes_the_values_used_and_keeps_explicit_keys(tmp_path: Path, image_root: Path) -> None:
     main(make_args(tmp_path, image_root, "recipe.auto=true", "teacher.teacher_temp=0.05"))
