@@ -187,3 +187,35 @@ def test_val_labels_follow_the_training_class_names(tmp_path):
         linear.make_eval_data_loader(
             f"ImageFolder:root={tmp_path / 'odd'}", 2, 0, MetricType.MEAN_ACCURACY, train_dataset=train
         )
+
+
+def test_a_missing_class_mapping_fails_before_training(tmp_path, monkeypatch):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for name in ("a", "b"):
+            (tmp_path / split / name).mkdir(parents=True)
+            Image.new("RGB", (8, 8), (10, 20, 30)).save(tmp_path / split / name / "0.png")
+
+    def training_started(**_):
+        raise AssertionError("training started before the class mappings were read")
+
+    monkeypatch.setattr(linear, "_build_probe", lambda *args: (None, None, None, None))
+    monkeypatch.setattr(linear, "_restore", lambda *args: 0)
+    monkeypatch.setattr(linear, "eval_linear", training_started)
+    with pytest.raises(FileNotFoundError, match="no_such_mapping"):
+        linear.run_eval_linear(
+            model=None,
+            output_dir=str(tmp_path / "out"),
+            train_dataset_str=f"ImageFolder:root={tmp_path / 'train'}",
+            val_dataset_str=f"ImageFolder:root={tmp_path / 'val'}",
+            batch_size=2,
+            epochs=1,
+            epoch_length=1,
+            num_workers=0,
+            save_checkpoint_frequency=1,
+            eval_period_iterations=1,
+            learning_rates=[0.1],
+            autocast_dtype=torch.float32,
+            test_class_mapping_fpaths=[str(tmp_path / "no_such_mapping.npy")],
+        )
