@@ -9,6 +9,7 @@ from torchvision import transforms
 
 from dinov2.logging import FILE_ONLY
 
+from .batch_augmentations import BatchColorAugmentation
 from .transforms import GaussianBlur, make_normalize_transform
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,11 @@ class DataAugmentationDINO:
 
     The three blur probabilities are plain probabilities; their defaults 0.0 / 0.9 / 0.5 are the effective values
     of the released training runs (configured there as 1.0 / 0.1 / 0.5, inverted; see above).
+
+    ``color_on_batch=True`` leaves the colours to :attr:`batch_transform` (a
+    :class:`~dinov2.data.batch_augmentations.BatchColorAugmentation`, for the collate function): the crops come out
+    as uint8 tensors, and the same colour distributions are drawn for a whole batch at once, which is much cheaper
+    for small crops. Otherwise ``batch_transform`` is None.
     """
 
     def __init__(
@@ -70,6 +76,7 @@ class DataAugmentationDINO:
         global_crops_1_blur_p: float = REFERENCE_GLOBAL_CROPS_1_BLUR_P,
         global_crops_2_blur_p: float = REFERENCE_GLOBAL_CROPS_2_BLUR_P,
         local_crops_blur_p: float = REFERENCE_LOCAL_CROPS_BLUR_P,
+        color_on_batch: bool = False,
     ) -> None:
         self.global_crops_scale = _check_scale("global_crops_scale", global_crops_scale)
         self.local_crops_scale = _check_scale("local_crops_scale", local_crops_scale)
@@ -80,9 +87,17 @@ class DataAugmentationDINO:
         blur_probabilities = (global_crops_1_blur_p, global_crops_2_blur_p, local_crops_blur_p)
         self.blur_probabilities = tuple(float(p) for p in blur_probabilities)
 
+        self.batch_transform = BatchColorAugmentation(self.blur_probabilities) if color_on_batch else None
+
         self._log_parameters()
         self.geometric_augmentation_global = _random_crop_and_flip(self.global_crops_size, self.global_crops_scale)
         self.geometric_augmentation_local = _random_crop_and_flip(self.local_crops_size, self.local_crops_scale)
+        if color_on_batch:
+            self.global_transfo1 = self.global_transfo2 = self.local_transfo = transforms.PILToTensor()
+        else:
+            self._build_color_transforms()
+
+    def _build_color_transforms(self) -> None:
         color_jittering = transforms.Compose(
             [
                 transforms.RandomApply(
@@ -91,18 +106,13 @@ class DataAugmentationDINO:
                 transforms.RandomGrayscale(p=0.2),
             ]
         )
-        self.normalize = transforms.Compose([transforms.ToTensor(), make_normalize_transform()])
+        normalize = transforms.Compose([transforms.ToTensor(), make_normalize_transform()])
         blur_1, blur_2, blur_local = self.blur_probabilities
-        self.global_transfo1 = transforms.Compose([color_jittering, GaussianBlur(p=blur_1), self.normalize])
+        self.global_transfo1 = transforms.Compose([color_jittering, GaussianBlur(p=blur_1), normalize])
         self.global_transfo2 = transforms.Compose(
-            [
-                color_jittering,
-                GaussianBlur(p=blur_2),
-                transforms.RandomSolarize(threshold=128, p=0.2),
-                self.normalize,
-            ]
+            [color_jittering, GaussianBlur(p=blur_2), transforms.RandomSolarize(threshold=128, p=0.2), normalize]
         )
-        self.local_transfo = transforms.Compose([color_jittering, GaussianBlur(p=blur_local), self.normalize])
+        self.local_transfo = transforms.Compose([color_jittering, GaussianBlur(p=blur_local), normalize])
 
     def _log_parameters(self) -> None:
         logger.info("###################################", extra=FILE_ONLY)
@@ -113,6 +123,7 @@ class DataAugmentationDINO:
         logger.info("global_crops_size: %s", self.global_crops_size, extra=FILE_ONLY)
         logger.info("local_crops_size: %s", self.local_crops_size, extra=FILE_ONLY)
         logger.info("blur probabilities (global 1, global 2, local): %s", self.blur_probabilities, extra=FILE_ONLY)
+        logger.info("colours drawn per batch: %s", self.batch_transform is not None, extra=FILE_ONLY)
         logger.info("###################################", extra=FILE_ONLY)
 
     def __call__(self, image: Image.Image) -> dict[str, list[torch.Tensor] | tuple]:
@@ -135,5 +146,5 @@ class DataAugmentationDINO:
             f"{type(self).__name__}(global_crops_scale={self.global_crops_scale}, "
             f"local_crops_scale={self.local_crops_scale}, local_crops_number={self.local_crops_number}, "
             f"global_crops_size={self.global_crops_size}, local_crops_size={self.local_crops_size}, "
-            f"blur_p={self.blur_probabilities})"
+            f"blur_p={self.blur_probabilities}, color_on_batch={self.batch_transform is not None})"
         )

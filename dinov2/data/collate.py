@@ -68,6 +68,7 @@ def collate_data_and_cast(
     dtype: TypeSpec,
     n_tokens: int | None = None,
     mask_generator: Callable[[int], np.ndarray] | None = None,
+    batch_transform: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> dict[str, Any]:
     """Stacks crops crop-index-major and masks ``int(2B * mask_probability)`` of the 2B global crops.
 
@@ -75,13 +76,17 @@ def collate_data_and_cast(
     ``[probs[i], probs[i+1]]`` with ``probs = linspace(r_min, r_max, n_masked + 1)``, so together they span the
     ratio range; the mask list is then shuffled over both global-crop groups. ``upperbound`` is the sum of the
     per-crop maxima ``int(N * probs[i+1])``, an upper bound on the number of masked tokens ``M`` used to size
-    fixed buffers. Keys and dtypes are those ``SSLMetaArch`` reads.
+    fixed buffers. Keys and dtypes are those ``SSLMetaArch`` reads. ``batch_transform`` (global crops, local
+    crops) -> (global crops, local crops) runs on the stacked crops first (the colours drawn per batch, see
+    ``DataAugmentationDINO.batch_transform``).
     """
     _check_mask_arguments(samples_list, mask_ratio_tuple, mask_probability, mask_generator)
     dtype = as_torch_dtype(dtype)
     if n_tokens is None:
         n_tokens = mask_generator.num_patches
     collated_global_crops, collated_local_crops = _stack_crops([sample[0] for sample in samples_list])
+    if batch_transform is not None:
+        collated_global_crops, collated_local_crops = batch_transform(collated_global_crops, collated_local_crops)
     masks_list, upperbound = _stratified_masks(
         len(collated_global_crops), n_tokens, mask_ratio_tuple, mask_probability, mask_generator
     )

@@ -162,6 +162,9 @@ def derive_recipe(
         **schedule_keys(iterations, epochs),
         **_precision_keys(bf16),
         "train.num_workers": _data_workers(cpus_per_rank),
+        # Colours drawn per batch: torchvision's per-image colour ops cost ~4 ms for the 6 crops of a small image,
+        # mostly call overhead, and on a few cores the data worker then slows the training threads.
+        "crops.color_on_batch": True,
     }
     prototypes = _prototypes(facts.n_images)
     if prototypes is not None:

@@ -189,6 +189,7 @@ def build_data_loader(cfg: DictConfig, start_iter: int = 0, *, samples_seen: int
         global_crops_1_blur_p=cfg.crops.global_crops_1_blur_p,
         global_crops_2_blur_p=cfg.crops.global_crops_2_blur_p,
         local_crops_blur_p=cfg.crops.local_crops_blur_p,
+        color_on_batch=cfg.crops.color_on_batch,
     )
     collate_fn = partial(
         collate_data_and_cast,
@@ -197,6 +198,7 @@ def build_data_loader(cfg: DictConfig, start_iter: int = 0, *, samples_seen: int
         n_tokens=n_tokens,
         mask_generator=mask_generator,
         dtype=as_torch_dtype(cfg.compute_precision.student.backbone.mixed_precision.param_dtype),
+        batch_transform=augmentation.batch_transform,
     )
     rank, world_size = distributed.get_global_rank(), distributed.get_global_size()
     first_position = start_iter * cfg.train.batch_size_per_gpu * world_size if samples_seen is None else samples_seen

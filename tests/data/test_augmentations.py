@@ -115,7 +115,7 @@ def test_gaussian_blur_p_is_the_probability_of_blurring(p: float) -> None:
 
 def test_normalisation_uses_imagenet_statistics() -> None:
     aug = DataAugmentationDINO((0.32, 1.0), (0.05, 0.32), 1)
-    normalize = aug.normalize.transforms[-1]
+    normalize = aug.local_transfo.transforms[-1].transforms[-1]
     assert tuple(normalize.mean) == IMAGENET_DEFAULT_MEAN == (0.485, 0.456, 0.406)
     assert tuple(normalize.std) == IMAGENET_DEFAULT_STD == (0.229, 0.224, 0.225)
 
