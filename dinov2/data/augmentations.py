@@ -10,7 +10,15 @@ from torchvision import transforms
 from dinov2.logging import FILE_ONLY
 
 from .batch_augmentations import BatchColorAugmentation
-from .transforms import GaussianBlur, make_normalize_transform
+from .transforms import (
+    COLOR_JITTER,
+    COLOR_JITTER_P,
+    GRAYSCALE_P,
+    SOLARIZE_P,
+    SOLARIZE_THRESHOLD,
+    GaussianBlur,
+    make_normalize_transform,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -100,17 +108,20 @@ class DataAugmentationDINO:
     def _build_color_transforms(self) -> None:
         color_jittering = transforms.Compose(
             [
-                transforms.RandomApply(
-                    [transforms.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8
-                ),
-                transforms.RandomGrayscale(p=0.2),
+                transforms.RandomApply([transforms.ColorJitter(**COLOR_JITTER)], p=COLOR_JITTER_P),
+                transforms.RandomGrayscale(p=GRAYSCALE_P),
             ]
         )
         normalize = transforms.Compose([transforms.ToTensor(), make_normalize_transform()])
         blur_1, blur_2, blur_local = self.blur_probabilities
         self.global_transfo1 = transforms.Compose([color_jittering, GaussianBlur(p=blur_1), normalize])
         self.global_transfo2 = transforms.Compose(
-            [color_jittering, GaussianBlur(p=blur_2), transforms.RandomSolarize(threshold=128, p=0.2), normalize]
+            [
+                color_jittering,
+                GaussianBlur(p=blur_2),
+                transforms.RandomSolarize(threshold=SOLARIZE_THRESHOLD, p=SOLARIZE_P),
+                normalize,
+            ]
         )
         self.local_transfo = transforms.Compose([color_jittering, GaussianBlur(p=blur_local), normalize])
 

@@ -13,16 +13,19 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from .transforms import (
+    BLUR_KERNEL_SIZE,
+    BLUR_SIGMA,
+    COLOR_JITTER,
+    COLOR_JITTER_P,
+    GRAYSCALE_P,
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    SOLARIZE_P,
+    SOLARIZE_THRESHOLD,
+)
 
 __all__ = ["BatchColorAugmentation", "adjust_hue", "gaussian_blur"]
-
-# torchvision's ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1) as DINOv2 uses it, applied
-# with probability 0.8, then grayscale with probability 0.2, and solarisation of the second global crop with 0.2.
-_JITTER_P, _GRAY_P, _SOLARIZE_P = 0.8, 0.2, 0.2
-_BRIGHTNESS, _CONTRAST, _SATURATION, _HUE = 0.4, 0.4, 0.2, 0.1
-_SOLARIZE_THRESHOLD = 128 / 255
-_BLUR_KERNEL, _BLUR_SIGMA = 9, (0.1, 2.0)  # dinov2.data.transforms.GaussianBlur
 
 
 def _per_sample(values: torch.Tensor) -> torch.Tensor:
@@ -86,12 +89,13 @@ def _uniform(n: int, low: float, high: float) -> torch.Tensor:
 def _color_jitter(images: torch.Tensor) -> torch.Tensor:
     """With probability 0.8 per image: brightness, contrast, saturation and hue in an order drawn per image."""
     n = images.shape[0]
-    applied = torch.rand(n) < _JITTER_P
+    applied = torch.rand(n) < COLOR_JITTER_P
+    brightness, contrast, saturation, hue = (COLOR_JITTER[k] for k in ("brightness", "contrast", "saturation", "hue"))
     factors = (
-        _uniform(n, 1 - _BRIGHTNESS, 1 + _BRIGHTNESS),
-        _uniform(n, 1 - _CONTRAST, 1 + _CONTRAST),
-        _uniform(n, 1 - _SATURATION, 1 + _SATURATION),
-        _uniform(n, -_HUE, _HUE),
+        _uniform(n, 1 - brightness, 1 + brightness),
+        _uniform(n, 1 - contrast, 1 + contrast),
+        _uniform(n, 1 - saturation, 1 + saturation),
+        _uniform(n, -hue, hue),
     )
     order = torch.rand(n, len(_JITTER_OPERATIONS)).argsort(dim=1)  # [N, 4]: a random permutation per image
     for step in range(len(_JITTER_OPERATIONS)):
@@ -103,35 +107,36 @@ def _color_jitter(images: torch.Tensor) -> torch.Tensor:
 
 
 def _random_grayscale(images: torch.Tensor) -> torch.Tensor:
-    chosen = torch.rand(images.shape[0]) < _GRAY_P
+    chosen = torch.rand(images.shape[0]) < GRAYSCALE_P
     return torch.where(_per_sample(chosen), _grayscale(images).expand_as(images), images)
 
 
 def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Blurs each image ``[N, C, H, W]`` with a 9-tap separable Gaussian of std ``sigma[n]`` (reflect padding)."""
+    """Blurs each image ``[N, C, H, W]`` with a separable Gaussian of ``BLUR_KERNEL_SIZE`` taps and std ``sigma[n]``
+    (reflect padding), as torchvision's ``gaussian_blur`` does per image."""
     n, c, h, w = images.shape
-    taps = torch.arange(_BLUR_KERNEL, dtype=images.dtype) - _BLUR_KERNEL // 2
+    taps = torch.arange(BLUR_KERNEL_SIZE, dtype=images.dtype) - BLUR_KERNEL_SIZE // 2
     kernel = torch.exp(-(taps**2) / (2 * sigma.to(images.dtype).view(-1, 1) ** 2))
     kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)  # [N*C, 9]
-    pad = _BLUR_KERNEL // 2
+    pad = BLUR_KERNEL_SIZE // 2
     planes = F.pad(images.reshape(1, n * c, h, w), (pad, pad, pad, pad), mode="reflect")
-    planes = F.conv2d(planes, kernel.view(n * c, 1, 1, _BLUR_KERNEL), groups=n * c)
-    planes = F.conv2d(planes, kernel.view(n * c, 1, _BLUR_KERNEL, 1), groups=n * c)
+    planes = F.conv2d(planes, kernel.view(n * c, 1, 1, BLUR_KERNEL_SIZE), groups=n * c)
+    planes = F.conv2d(planes, kernel.view(n * c, 1, BLUR_KERNEL_SIZE, 1), groups=n * c)
     return planes.view(n, c, h, w)
 
 
 def _random_blur(images: torch.Tensor, p: float) -> torch.Tensor:
     n = images.shape[0]
     chosen = torch.rand(n) < p
-    sigma = _uniform(n, *_BLUR_SIGMA)
+    sigma = _uniform(n, *BLUR_SIGMA)
     if chosen.any():
         images[chosen] = gaussian_blur(images[chosen], sigma[chosen])
     return images
 
 
 def _random_solarize(images: torch.Tensor) -> torch.Tensor:
-    chosen = _per_sample(torch.rand(images.shape[0]) < _SOLARIZE_P)
-    return torch.where(chosen & (images >= _SOLARIZE_THRESHOLD), 1 - images, images)
+    chosen = _per_sample(torch.rand(images.shape[0]) < SOLARIZE_P)
+    return torch.where(chosen & (images >= SOLARIZE_THRESHOLD / 255), 1 - images, images)
 
 
 class BatchColorAugmentation:

@@ -18,6 +18,13 @@ __all__ = [
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 
+# DINOv2's photometric augmentation, shared by the per-image (DataAugmentationDINO) and per-batch
+# (BatchColorAugmentation) pipelines: colour jitter with probability 0.8, grayscale 0.2, solarisation (pixels >= 128
+# of 255 inverted) 0.2 on the second global crop, Gaussian blur with a 9-tap kernel and sigma drawn in [0.1, 2].
+COLOR_JITTER = {"brightness": 0.4, "contrast": 0.4, "saturation": 0.2, "hue": 0.1}
+COLOR_JITTER_P, GRAYSCALE_P, SOLARIZE_P, SOLARIZE_THRESHOLD = 0.8, 0.2, 0.2, 128
+BLUR_KERNEL_SIZE, BLUR_SIGMA = 9, (0.1, 2.0)
+
 
 class GaussianBlur(transforms.RandomApply):
     """Blurs with probability ``p`` using a 9x9 kernel and a sigma drawn uniformly in [radius_min, radius_max].
@@ -26,12 +33,12 @@ class GaussianBlur(transforms.RandomApply):
     were trained with, so the SSL pipeline is unchanged (see ``dinov2.data.augmentations`` and README).
     """
 
-    def __init__(self, *, p: float = 0.5, radius_min: float = 0.1, radius_max: float = 2.0) -> None:
+    def __init__(self, *, p: float = 0.5, radius_min: float = BLUR_SIGMA[0], radius_max: float = BLUR_SIGMA[1]) -> None:
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"GaussianBlur probability p={p} must lie in [0, 1]")
         if not 0.0 < radius_min <= radius_max:
             raise ValueError(f"GaussianBlur needs 0 < radius_min <= radius_max, got ({radius_min}, {radius_max})")
-        blur = transforms.GaussianBlur(kernel_size=9, sigma=(radius_min, radius_max))
+        blur = transforms.GaussianBlur(kernel_size=BLUR_KERNEL_SIZE, sigma=(radius_min, radius_max))
         super().__init__(transforms=[blur], p=p)
 
 
