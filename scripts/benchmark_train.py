@@ -3,7 +3,7 @@ AdamW + EMA), on one batch of generated images from the loader training uses, re
 
 Cases: ``vits14`` = ViT-S/14 with the reference crops (2 x 224 + 8 x 98), the ``train/vits14_1gpu`` preset (16384
 prototypes); ``tiny`` = the ``train/vit_tiny_cpu`` preset (ViT-Ti/16, 2 x 64 + 2 x 32); ``small`` = the main job's
-``train/small_data`` run on Fashion-MNIST (ViT-Ti/7, 2 x 28 + 4 x 14, 4096 prototypes, as its recipe resolves).
+``train/small_data`` run on Fashion-MNIST (ViT-Ti/9, 2 x 27 + 4 x 18, 4096 prototypes, as its recipe resolves).
 FLOPs are counted analytically (matmuls and convolutions, 2 FLOPs per multiply-add; backward = 2 x forward; the
 teacher runs forward only) and compared with the measured peak of a large matmul in the same precision on the same
 device. Usage::
@@ -43,9 +43,9 @@ CASES = {"vits14": "train/vits14_1gpu", "tiny": "train/vit_tiny_cpu", "small": "
 # What the recipe of train/small_data derives for Fashion-MNIST (60,000 images of 28 px); see runs/*/config.yaml.
 CASE_OPTS = {
     "small": [
-        "student.patch_size=7",
-        "crops.global_crops_size=28",
-        "crops.local_crops_size=14",
+        "student.patch_size=9",
+        "crops.global_crops_size=27",
+        "crops.local_crops_size=18",
         "dino.head_n_prototypes=4096",
         "ibot.head_n_prototypes=4096",
         "student.layerscale=0.1",

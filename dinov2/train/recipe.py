@@ -69,9 +69,11 @@ def _prototypes(n_images: int) -> int | None:
 
 
 def _patch_size(image_size: int) -> int:
-    """About 4 patches per side for small images (a short CPU run can afford few tokens), 16 px at most (the
-    standard ViT patch; larger images then get more tokens)."""
-    return int(min(16, max(4, round(image_size / 4))))
+    """About 3 patches per side for small images, 16 px at most (the standard ViT patch; larger images then get
+    more tokens). Few tokens make an iteration cheap, and a short CPU run gains more from more images seen than from
+    a finer grid: on Fashion-MNIST (28 px) after 9 minutes, online k-NN 76.8 % with 4 x 4 patches (800 iterations),
+    79.6 % with 3 x 3 (1200), 80.0 % with 2 x 2 (2000), which then stayed flat from 400 iterations on."""
+    return int(min(16, max(4, round(image_size / 3))))
 
 
 def fast_bf16(device: torch.device) -> bool:
@@ -187,10 +189,12 @@ SCHEDULE_KEYS = ("train.OFFICIAL_EPOCH_LENGTH", "evaluation.eval_period_iteratio
 
 
 def schedule_keys(iterations: int, epochs: int) -> dict[str, Any]:
-    """A run of about ``iterations`` in ``epochs`` "epochs": the epoch length, and five teacher exports and ten
-    checkpoints over the run. With the reference's 100 epochs every ``*_epochs`` key becomes a percentage of the
-    run (lr warm-up 10 %, teacher-temperature warm-up 30 %, last layer frozen 1 %)."""
-    epoch_length = max(1, math.ceil(iterations / epochs))
+    """A run of at most ``iterations`` (at least one per epoch) in ``epochs`` "epochs": the epoch length, and five
+    teacher exports and ten checkpoints over the run. Rounded down, so a time budget is not exceeded by the
+    rounding (up to one epoch length: 13 % of a 700-iteration run). With the reference's 100 epochs every
+    ``*_epochs`` key becomes a percentage of the run (lr warm-up 10 %, teacher-temperature warm-up 30 %, last layer
+    frozen 1 %)."""
+    epoch_length = max(1, iterations // epochs)
     total = epochs * epoch_length
     return {
         "train.OFFICIAL_EPOCH_LENGTH": epoch_length,
