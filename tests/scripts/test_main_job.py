@@ -161,4 +161,5 @@ def test_fashion_mnist_end_to_end(tmp_path: Path) -> None:
     assert (report["bank_size"], report["val_size"], report["train_size"]) == (40, 20, 60)
     assert report["knn_raw_pixels"] == pytest.approx(100.0)
     config = (out / report["train_dir"] / "config.yaml").read_text()
-    assert "patch_size: 7" in config and "global_crops_size: 28" in config  # the recipe, from 28 px images
+    # the recipe, from 28 px images: 3 x 3 patches of 9 px
+    assert "patch_size: 9" in config and "global_crops_size: 27" in config and "local_crops_size: 18" in config
