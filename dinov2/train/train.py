@@ -504,8 +504,8 @@ def do_train(cfg: DictConfig, model: SSLMetaArch, resume: bool = False) -> dict[
 
 _CALIBRATION_STEPS = (3, 10)  # untimed, timed
 # Share of the budget planned for training steps at the calibrated speed (exports, online k-NN and checkpoints take
-# the rest). Measured on a shared 2-core VM, whole main-job runs took 0.84-1.28 x (mean 1.12) the calibrated time
-# per iteration: the speed of the same run drifts by about 20 % from one hour to the next.
+# the rest). Measured on a shared 2-core VM, five whole runs took 0.84-1.28 x (mean 1.12) the calibrated time
+# per iteration: the VM's speed drifts by 20-40 %, even within a minute.
 _BUDGET_OVERHEAD = 0.9
 
 
