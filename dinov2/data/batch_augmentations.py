@@ -87,7 +87,7 @@ def _uniform(n: int, low: float, high: float) -> torch.Tensor:
 
 
 def _color_jitter(images: torch.Tensor) -> torch.Tensor:
-    """With probability 0.8 per image: brightness, contrast, saturation and hue in an order drawn per image."""
+    """With probability COLOR_JITTER_P per image: brightness, contrast, saturation and hue, in an order per image."""
     n = images.shape[0]
     applied = torch.rand(n) < COLOR_JITTER_P
     brightness, contrast, saturation, hue = (COLOR_JITTER[k] for k in ("brightness", "contrast", "saturation", "hue"))
@@ -117,7 +117,7 @@ def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     n, c, h, w = images.shape
     taps = torch.arange(BLUR_KERNEL_SIZE, dtype=images.dtype) - BLUR_KERNEL_SIZE // 2
     kernel = torch.exp(-(taps**2) / (2 * sigma.to(images.dtype).view(-1, 1) ** 2))
-    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)  # [N*C, 9]
+    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)  # [N*C, BLUR_KERNEL_SIZE]
     pad = BLUR_KERNEL_SIZE // 2
     planes = F.pad(images.reshape(1, n * c, h, w), (pad, pad, pad, pad), mode="reflect")
     planes = F.conv2d(planes, kernel.view(n * c, 1, 1, BLUR_KERNEL_SIZE), groups=n * c)
