@@ -406,8 +406,6 @@ class SSLMetaArch(nn.Module):
                 patch_embed_lr_mult=self.cfg.optim.patch_embed_lr_mult,
             )
             groups += fuse_params_groups(per_param)
-        for group in groups:
-            group["foreach"] = True
         return groups
 
     def clip_grad_norm_(self, max_norm: float) -> dict[str, float]:
