@@ -272,3 +272,32 @@ def test_mixed_precision_step_in_one_process(tmp_path: Path, image_root: Path, p
     assert not result.bad_ranks and all(torch.isfinite(torch.tensor(list(result.losses.values()))))
     assert model.student.backbone.cls_token.dtype == torch.float32  # master weights stay fp32
     assert not torch.equal(model.student.backbone.cls_token, before)
+
+
+def test_optimizer_is_fused_and_steps_like_foreach_adamw(tmp_path: Path, image_root: Path) -> None:
+    """The fused AdamW (one kernel on CPU) applies the same update as the foreach one, per parameter group (lr, weight
+    decay) over two steps, so the speed-up changes no result beyond float rounding."""
+    cfg = make_cfg(tmp_path, image_root)
+    groups = SSLMetaArch(cfg).get_params_groups()
+    fused = build_optimizer(cfg, groups)
+    assert fused.defaults["fused"]
+    params = [p for group in groups for p in group["params"]]
+    before = [p.detach().clone() for p in params]
+    copies = iter([p.detach().clone().requires_grad_(True) for p in params])
+    # Only the parameters: the optimizer filled each group dict with its own settings (fused among them).
+    reference_groups = [{"params": [next(copies) for _ in group["params"]]} for group in groups]
+    reference = torch.optim.AdamW(reference_groups, betas=(cfg.optim.adamw_beta1, cfg.optim.adamw_beta2), foreach=True)
+    for optimizer in (fused, reference):
+        for index, group in enumerate(optimizer.param_groups):
+            group["lr"], group["weight_decay"] = 1e-2 * (index + 1), 0.05 * index
+    copied = [p for group in reference_groups for p in group["params"]]
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        for param, copy in zip(params, copied):
+            param.grad = torch.randn(param.shape, generator=generator)
+            copy.grad = param.grad.clone()
+        fused.step()
+        reference.step()
+    for param, copy, old in zip(params, copied, before):
+        assert not torch.equal(param, old)
+        torch.testing.assert_close(param.detach(), copy.detach(), rtol=1e-5, atol=1e-6)
