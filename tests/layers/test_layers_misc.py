@@ -80,3 +80,18 @@ def test_patch_embed_shapes_and_errors():
     assert pe(x).shape == (2, 2, 3, 10)
     with pytest.raises(ValueError, match="not a multiple of the patch size"):
         pe(torch.randn(1, 3, 30, 28))
+
+
+def test_patch_embed_matches_its_convolution_on_cpu():
+    """On CPU the patches are projected by one matrix product: same values and gradients as the convolution."""
+    torch.manual_seed(0)
+    pe = PatchEmbed(img_size=18, patch_size=(9, 6), in_chans=3, embed_dim=8)
+    x = torch.randn(2, 3, 18, 24, requires_grad=True)
+    tokens = pe(x)  # [2, 2 * 4, 8]
+    expected = pe.proj(x).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(tokens, expected)
+    weights = torch.randn_like(tokens)
+    grads = torch.autograd.grad((tokens * weights).sum(), [x, pe.proj.weight, pe.proj.bias])
+    expected_grads = torch.autograd.grad((expected * weights).sum(), [x, pe.proj.weight, pe.proj.bias])
+    for grad, expected_grad in zip(grads, expected_grads):
+        torch.testing.assert_close(grad, expected_grad)
