@@ -98,8 +98,13 @@ def _precision_keys(bf16: bool) -> dict[str, Any]:
 
 
 def _data_workers(cpus_per_rank: int) -> int:
-    """One core per rank stays with the training loop; the others decode and augment (at most 10)."""
-    return int(min(10, max(1, cpus_per_rank - 1)))
+    """One core per rank stays with the training loop; the others decode and augment (at most 10). With two cores
+    or fewer the training process loads its own batches: a worker process preempts one of the training threads
+    at every operation (Fashion-MNIST on 2 cores, seconds per iteration: 0.253 with one worker, 0.224 without,
+    0.167 with the data free)."""
+    if cpus_per_rank <= 2:
+        return 0
+    return int(min(10, cpus_per_rank - 1))
 
 
 def _round_to(value: float, multiple: int, minimum: int) -> int:
@@ -167,6 +172,9 @@ def derive_recipe(
         # Colours drawn per batch: torchvision's per-image colour ops cost ~4 ms for the 6 crops of a small image,
         # mostly call overhead, and on a few cores the data worker then slows the training threads.
         "crops.color_on_batch": True,
+        # ... and the crops of an image cut together as tensors: the data worker shares the cores with the training,
+        # and on Fashion-MNIST a step took 0.26 s with the PIL crops against 0.17 s with the data free.
+        "crops.tensor_crops": True,
     }
     prototypes = _prototypes(facts.n_images)
     if prototypes is not None:

@@ -5,7 +5,9 @@ from PIL import Image
 from torchvision import transforms
 
 from dinov2.data import DataAugmentationDINO
+from dinov2.data.augmentations import _random_boxes, _resized_crops
 from dinov2.data.transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, GaussianBlur
+from dinov2.utils.rng import seeded
 
 
 def _image(width: int = 100, height: int = 75) -> Image.Image:
@@ -134,3 +136,52 @@ def test_bad_arguments_are_errors(kwargs: dict) -> None:
     args = {"global_crops_scale": (0.32, 1.0), "local_crops_scale": (0.05, 0.32), "local_crops_number": 2} | kwargs
     with pytest.raises(ValueError):
         DataAugmentationDINO(**args)
+
+
+def test_tensor_crops_follow_the_random_resized_crop_distribution() -> None:
+    np.random.seed(0)
+    boxes = _random_boxes(20_000, 30, 40, (0.05, 0.32))  # [n, 4]: x0, y0, x1, y1
+    width, height = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 40).all() and (boxes[:, 3] <= 30).all()
+    area = width * height / (30 * 40)
+    assert area.min() >= 0.05 - 1e-9 and area.max() <= 0.32 + 1e-9
+    assert abs(area.mean() - (0.05 + 0.32) / 2) < 0.005  # uniform in the scale range
+    ratio = width / height
+    assert ratio.min() >= 3 / 4 - 1e-9 and ratio.max() <= 4 / 3 + 1e-9
+    # no draw fits a 10 x 100 image at 90 % of its area: the whole image, clamped to ratio 4/3
+    wide = _random_boxes(50, 10, 100, (0.9, 1.0))
+    np.testing.assert_allclose(wide[:, 2] - wide[:, 0], 40 / 3)
+    np.testing.assert_allclose(wide[:, 3] - wide[:, 1], 10)
+
+
+def test_tensor_crops_cut_the_drawn_box_and_flip_half_of_them() -> None:
+    """A horizontal ramp: a crop's ramp runs left to right unless it was flipped, and the full-image crop at the
+    image size is the image itself."""
+    ramp = np.tile(np.arange(0, 240, 8, dtype=np.uint8), (30, 1))  # [30, 30], 0 .. 232 left to right
+    image = Image.fromarray(np.stack([ramp] * 3, axis=-1))
+    np.random.seed(1)
+    crops = _resized_crops(image, 400, 12, (0.3, 1.0))
+    assert all(c.shape == (3, 12, 12) and c.dtype == torch.uint8 for c in crops)
+    rising = [bool(c[0, 6, -2].int() > c[0, 6, 1].int()) for c in crops]
+    assert 0.4 < sum(rising) / len(rising) < 0.6
+    np.random.seed(2)
+    whole = _resized_crops(image, 50, 30, (1.0, 1.0))
+    assert any(torch.equal(c, torch.from_numpy(np.array(image)).permute(2, 0, 1)) for c in whole)
+
+
+def test_tensor_crops_need_the_colours_on_the_batch_and_are_seeded_by_numpy() -> None:
+    with pytest.raises(ValueError, match="color_on_batch"):
+        DataAugmentationDINO((0.4, 1.0), (0.1, 0.4), 2, tensor_crops=True)
+    aug = DataAugmentationDINO((0.4, 1.0), (0.1, 0.4), 3, 16, 8, color_on_batch=True, tensor_crops=True)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8))
+    with seeded(5, 1):
+        first = aug(image)
+    with seeded(5, 1):
+        again = aug(image)
+    with seeded(5, 2):
+        other = aug(image)
+    crops = first["global_crops"] + first["local_crops"]
+    assert [tuple(c.shape) for c in crops] == [(3, 16, 16)] * 2 + [(3, 8, 8)] * 3
+    assert all(c.dtype == torch.uint8 for c in crops)
+    assert all(torch.equal(a, b) for a, b in zip(crops, again["global_crops"] + again["local_crops"], strict=True))
+    assert not torch.equal(first["global_crops"][0], other["global_crops"][0])

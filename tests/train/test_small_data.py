@@ -102,7 +102,7 @@ def test_recipe_scales_with_the_data(
     assert recipe["student.patch_size"] == patch
     assert (recipe["crops.global_crops_size"], recipe["crops.local_crops_size"]) == (global_size, local_size)
     assert recipe["student.layerscale"] == 0.1
-    assert recipe["crops.color_on_batch"] is True
+    assert recipe["crops.color_on_batch"] is True and recipe["crops.tensor_crops"] is True
     # about 2M samples, 10 to 300 epochs, stretched over 100 "epochs" of the schedule
     epochs = min(300, max(10, round(2_000_000 / n_images)))
     target = epochs * n_images / 64
@@ -199,3 +199,9 @@ def test_cpu_threads_set_the_threads_of_a_cpu_run() -> None:
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(("cpus", "workers"), [(1, 0), (2, 0), (3, 2), (8, 7), (32, 10)])
+def test_recipe_loads_in_the_training_process_on_two_cores(cpus: int, workers: int) -> None:
+    recipe = derive_recipe(DataFacts(5_000, 28), depth=4, global_batch=64, iterations=100, cpus_per_rank=cpus)
+    assert recipe["train.num_workers"] == workers
