@@ -73,7 +73,7 @@ def _random_boxes(n: int, height: int, width: int, scale: tuple[float, float]) -
     """``[n, 4]`` boxes ``(x0, y0, x1, y1)`` drawn as ``RandomResizedCrop`` draws them (area fraction uniform in
     ``scale``, log aspect ratio uniform in 3/4..4/3, the first of 10 attempts that fits, else the whole image
     clamped to those ratios), in continuous pixel coordinates, from numpy's global RNG (seeded per sample by the
-    loader): numpy draws all of an image's boxes in a few microseconds where torch takes ~25 per crop."""
+    loader): numpy draws all of an image's boxes in a few microseconds where torch takes ~25 us per crop."""
     area = np.random.uniform(*scale, size=(n, _CROP_ATTEMPTS)) * (height * width)
     ratio = np.exp(np.random.uniform(*np.log(_CROP_RATIO), size=(n, _CROP_ATTEMPTS)))
     w, h = np.sqrt(area * ratio), np.sqrt(area / ratio)
@@ -90,7 +90,7 @@ def _random_boxes(n: int, height: int, width: int, scale: tuple[float, float]) -
 def _resized_crops(image: Image.Image, n: int, size: int, scale: tuple[float, float]) -> list[torch.Tensor]:
     """``n`` random-resized crops of ``image`` (RGB) to ``size`` x ``size``, bicubic, each flipped horizontally with
     probability 1/2, as uint8 ``[3, size, size]`` tensors. The draws of all ``n`` come at once and each crop is one
-    PIL call (``resize`` with a sub-pixel ``box``), about 5x cheaper than torchvision's transforms per crop."""
+    PIL call (``resize`` with a sub-pixel ``box``): 220 against 540 us for the 6 crops of a 28 px image."""
     if n == 0:
         return []
     boxes = _random_boxes(n, image.height, image.width, scale)
@@ -116,10 +116,10 @@ class DataAugmentationDINO:
     ``color_on_batch=True`` leaves the colours to :attr:`batch_transform` (a
     :class:`~dinov2.data.batch_augmentations.BatchColorAugmentation`, for the collate function): the crops come out
     as uint8 tensors, and the same colour distributions are drawn for a whole batch at once, which is much cheaper
-    for small crops. Otherwise ``batch_transform`` is None. ``tensor_crops=True`` (needs ``color_on_batch``) cuts
+    for small crops. Otherwise ``batch_transform`` is None. ``fast_crops=True`` (needs ``color_on_batch``) cuts
     the crops of an image with numpy's random draws and one PIL call each (:func:`_resized_crops`: same crop
-    distribution and bicubic resampling, sub-pixel boxes, other random draws), 5x cheaper than torchvision's
-    transforms; on a 2-core machine the data worker's time is taken from the training.
+    distribution and bicubic resampling, sub-pixel boxes, other random draws), 2.4x cheaper than torchvision's
+    transforms; on a 2-core machine the data loading's time is taken from the training.
     """
 
     def __init__(
@@ -134,7 +134,7 @@ class DataAugmentationDINO:
         global_crops_2_blur_p: float = REFERENCE_GLOBAL_CROPS_2_BLUR_P,
         local_crops_blur_p: float = REFERENCE_LOCAL_CROPS_BLUR_P,
         color_on_batch: bool = False,
-        tensor_crops: bool = False,
+        fast_crops: bool = False,
     ) -> None:
         self.global_crops_scale = _check_scale("global_crops_scale", global_crops_scale)
         self.local_crops_scale = _check_scale("local_crops_scale", local_crops_scale)
@@ -145,9 +145,9 @@ class DataAugmentationDINO:
         blur_probabilities = (global_crops_1_blur_p, global_crops_2_blur_p, local_crops_blur_p)
         self.blur_probabilities = tuple(float(p) for p in blur_probabilities)
 
-        if tensor_crops and not color_on_batch:
-            raise ValueError("tensor_crops=True makes uint8 tensor crops: it needs color_on_batch=True")
-        self.tensor_crops = bool(tensor_crops)
+        if fast_crops and not color_on_batch:
+            raise ValueError("fast_crops=True makes uint8 tensor crops: it needs color_on_batch=True")
+        self.fast_crops = bool(fast_crops)
         self.batch_transform = BatchColorAugmentation(self.blur_probabilities) if color_on_batch else None
 
         self._log_parameters()
@@ -188,11 +188,11 @@ class DataAugmentationDINO:
         logger.info("local_crops_size: %s", self.local_crops_size, extra=FILE_ONLY)
         logger.info("blur probabilities (global 1, global 2, local): %s", self.blur_probabilities, extra=FILE_ONLY)
         logger.info("colours drawn per batch: %s", self.batch_transform is not None, extra=FILE_ONLY)
-        logger.info("crops cut as tensors: %s", self.tensor_crops, extra=FILE_ONLY)
+        logger.info("crops cut by numpy draws and one PIL call each: %s", self.fast_crops, extra=FILE_ONLY)
         logger.info("###################################", extra=FILE_ONLY)
 
     def __call__(self, image: Image.Image) -> dict[str, list[torch.Tensor] | tuple]:
-        if self.tensor_crops:
+        if self.fast_crops:
             global_crops = _resized_crops(image, 2, self.global_crops_size, self.global_crops_scale)
             local_crops = _resized_crops(image, self.local_crops_number, self.local_crops_size, self.local_crops_scale)
             return self._crops_dict(global_crops, local_crops)
@@ -219,5 +219,5 @@ class DataAugmentationDINO:
             f"local_crops_scale={self.local_crops_scale}, local_crops_number={self.local_crops_number}, "
             f"global_crops_size={self.global_crops_size}, local_crops_size={self.local_crops_size}, "
             f"blur_p={self.blur_probabilities}, color_on_batch={self.batch_transform is not None}, "
-            f"tensor_crops={self.tensor_crops})"
+            f"fast_crops={self.fast_crops})"
         )

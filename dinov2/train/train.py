@@ -194,7 +194,7 @@ def build_data_loader(cfg: DictConfig, start_iter: int = 0, *, samples_seen: int
         global_crops_2_blur_p=cfg.crops.global_crops_2_blur_p,
         local_crops_blur_p=cfg.crops.local_crops_blur_p,
         color_on_batch=cfg.crops.color_on_batch,
-        tensor_crops=cfg.crops.tensor_crops,
+        fast_crops=cfg.crops.fast_crops,
     )
     collate_fn = partial(
         collate_data_and_cast,

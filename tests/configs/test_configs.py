@@ -89,6 +89,7 @@ NEW_KEYS = {
     "crops.global_crops_2_blur_p": 0.9,
     "crops.local_crops_blur_p": 0.5,
     "crops.color_on_batch": False,
+    "crops.fast_crops": False,
     "student.depth": 0,
     "recipe.auto": False,
     "recipe.budget_minutes": 0.0,

@@ -138,7 +138,7 @@ def test_bad_arguments_are_errors(kwargs: dict) -> None:
         DataAugmentationDINO(**args)
 
 
-def test_tensor_crops_follow_the_random_resized_crop_distribution() -> None:
+def test_fast_crops_follow_the_random_resized_crop_distribution() -> None:
     np.random.seed(0)
     boxes = _random_boxes(20_000, 30, 40, (0.05, 0.32))  # [n, 4]: x0, y0, x1, y1
     width, height = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
@@ -154,7 +154,7 @@ def test_tensor_crops_follow_the_random_resized_crop_distribution() -> None:
     np.testing.assert_allclose(wide[:, 3] - wide[:, 1], 10)
 
 
-def test_tensor_crops_cut_the_drawn_box_and_flip_half_of_them() -> None:
+def test_fast_crops_cut_the_drawn_box_and_flip_half_of_them() -> None:
     """A horizontal ramp: a crop's ramp runs left to right unless it was flipped, and the full-image crop at the
     image size is the image itself."""
     ramp = np.tile(np.arange(0, 240, 8, dtype=np.uint8), (30, 1))  # [30, 30], 0 .. 232 left to right
@@ -169,10 +169,10 @@ def test_tensor_crops_cut_the_drawn_box_and_flip_half_of_them() -> None:
     assert any(torch.equal(c, torch.from_numpy(np.array(image)).permute(2, 0, 1)) for c in whole)
 
 
-def test_tensor_crops_need_the_colours_on_the_batch_and_are_seeded_by_numpy() -> None:
+def test_fast_crops_need_the_colours_on_the_batch_and_are_seeded_by_numpy() -> None:
     with pytest.raises(ValueError, match="color_on_batch"):
-        DataAugmentationDINO((0.4, 1.0), (0.1, 0.4), 2, tensor_crops=True)
-    aug = DataAugmentationDINO((0.4, 1.0), (0.1, 0.4), 3, 16, 8, color_on_batch=True, tensor_crops=True)
+        DataAugmentationDINO((0.4, 1.0), (0.1, 0.4), 2, fast_crops=True)
+    aug = DataAugmentationDINO((0.4, 1.0), (0.1, 0.4), 3, 16, 8, color_on_batch=True, fast_crops=True)
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8))
     with seeded(5, 1):
         first = aug(image)

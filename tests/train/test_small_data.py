@@ -102,7 +102,7 @@ def test_recipe_scales_with_the_data(
     assert recipe["student.patch_size"] == patch
     assert (recipe["crops.global_crops_size"], recipe["crops.local_crops_size"]) == (global_size, local_size)
     assert recipe["student.layerscale"] == 0.1
-    assert recipe["crops.color_on_batch"] is True and recipe["crops.tensor_crops"] is True
+    assert recipe["crops.color_on_batch"] is True and recipe["crops.fast_crops"] is True
     # about 2M samples, 10 to 300 epochs, stretched over 100 "epochs" of the schedule
     epochs = min(300, max(10, round(2_000_000 / n_images)))
     target = epochs * n_images / 64

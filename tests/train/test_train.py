@@ -82,17 +82,17 @@ def test_training_lowers_the_loss(tmp_path: Path, image_root: Path, monkeypatch:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("per_batch", ["colours", "colours, tensor crops", "nothing"])
+@pytest.mark.parametrize("per_batch", ["colours", "colours, fast crops", "nothing"])
 def test_resume_after_a_crash_in_a_checkpoint_save_is_exact(
     tmp_path: Path, image_root: Path, monkeypatch: pytest.MonkeyPatch, per_batch: str
 ) -> None:
     """6 iterations straight vs a run killed while saving iteration 5 (its tmp_ folder is left behind), resumed
     from the complete checkpoint of iteration 2: identical losses, weights, optimizer state and loss centers, with
-    the colours drawn per image or per batch, and the crops cut by torchvision or as tensors."""
+    the colours drawn per image or per batch, and the crops cut by torchvision or by the fast path."""
     opts = (
         "train.saveckp_freq=3",
         f"crops.color_on_batch={per_batch != 'nothing'}",
-        f"crops.tensor_crops={'tensor crops' in per_batch}",
+        f"crops.fast_crops={'fast crops' in per_batch}",
     )
     straight = _Recorder(monkeypatch)
     main(make_args(tmp_path / "straight", image_root, *opts))
