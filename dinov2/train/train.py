@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import statistics
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -507,16 +508,18 @@ def do_train(cfg: DictConfig, model: SSLMetaArch, resume: bool = False) -> dict[
 
 # -- recipe scaled to the data -------------------------------------------------------------------------------------
 
-_CALIBRATION_STEPS = (3, 10)  # untimed, timed
+_CALIBRATION_STEPS = (3, 15)  # untimed, timed
 # Share of the budget planned for training steps at the calibrated speed (exports, online k-NN and checkpoints take
-# the rest). Measured on a shared 2-core VM, five whole runs took 0.84-1.28 x (mean 1.12) the calibrated time
-# per iteration: the VM's speed drifts by 20-40 %, even within a minute.
+# the rest). Measured on a shared 2-core VM, five whole runs with a data-loader worker took 0.84-1.28 x (mean 1.12)
+# the calibrated time per iteration: the VM's speed drifts by 20-40 %, even within a minute; loading in the
+# training process, 1.03-1.08 x.
 _BUDGET_OVERHEAD = 0.9
 
 
 def _measure_seconds_per_iteration(cfg: DictConfig) -> float:
-    """Seconds per training iteration (data included) of a throwaway copy of the run, slowest rank. The RNG
-    states are restored afterwards, so the run itself is unchanged."""
+    """Seconds per training iteration (data included) of a throwaway copy of the run: the median of the timed
+    steps (a few slow ones, e.g. the VM's host busy for a second, must not shorten the whole run), slowest rank.
+    The RNG states are restored afterwards, so the run itself is unchanged."""
     with torch.random.fork_rng(devices=[]):
         model = SSLMetaArch(cfg)
         model.prepare_for_distributed_training()
@@ -527,10 +530,12 @@ def _measure_seconds_per_iteration(cfg: DictConfig) -> float:
         untimed, timed = _CALIBRATION_STEPS
         for _ in range(untimed):
             train_step(cfg, model, optimizer, next(data), scheduled)
-        start = time.perf_counter()
+        step_seconds = []
         for _ in range(timed):
+            start = time.perf_counter()
             train_step(cfg, model, optimizer, next(data), scheduled)
-        seconds = torch.tensor((time.perf_counter() - start) / timed, device=distributed.get_collective_device())
+            step_seconds.append(time.perf_counter() - start)
+        seconds = torch.tensor(statistics.median(step_seconds), device=distributed.get_collective_device())
     return float(distributed.all_reduce(seconds, op=torch.distributed.ReduceOp.MAX))
 
 
