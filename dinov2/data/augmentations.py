@@ -47,6 +47,10 @@ def _check_counts(local_crops_number: int, global_crops_size: int, local_crops_s
             raise ValueError(f"{name}={size} must be a positive integer number of pixels")
 
 
+_CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)  # aspect ratios of RandomResizedCrop's default
+_CROP_ATTEMPTS = 10
+
+
 class _RandomResizedCropAndFlip:
     """torchvision's ``RandomResizedCrop(size, scale, bicubic)`` then ``RandomHorizontalFlip(0.5)`` on a PIL image:
     the same random draws and the same pixels, in two PIL calls. On crops of a few dozen pixels the transforms'
@@ -54,19 +58,14 @@ class _RandomResizedCropAndFlip:
 
     def __init__(self, size: int, scale: tuple[float, float]) -> None:
         self.size, self.scale = size, scale
-        self.ratio = (3.0 / 4.0, 4.0 / 3.0)
 
     def __call__(self, image: Image.Image) -> Image.Image:
-        top, left, height, width = transforms.RandomResizedCrop.get_params(image, self.scale, self.ratio)
+        top, left, height, width = transforms.RandomResizedCrop.get_params(image, self.scale, _CROP_RATIO)
         crop = image.crop((left, top, left + width, top + height))
         crop = crop.resize((self.size, self.size), Image.Resampling.BICUBIC)
         if torch.rand(1) < 0.5:
             crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         return crop
-
-
-_CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)  # aspect ratios of RandomResizedCrop's default
-_CROP_ATTEMPTS = 10
 
 
 def _random_boxes(n: int, height: int, width: int, scale: tuple[float, float]) -> np.ndarray:
