@@ -8,8 +8,8 @@ own k-NN and logistic-regression CLIs against raw pixels and a randomly initiali
 ``--dataset-dir`` the Fashion-MNIST idx files (``--source``) are written as such a folder first.
 
 Stages, each in ``OUT/stages/<stage>-<key>/`` where the key hashes the stage's inputs (data, config, overrides,
-budget): a re-run reuses finished stages, resumes an interrupted training, and recomputes a stage whose inputs
-changed (the previous one stays on disk, so switching back reuses it).
+budget) and the code of the ``dinov2`` package: a re-run reuses finished stages, resumes an interrupted training,
+and recomputes a stage whose inputs changed (the previous one stays on disk, so switching back reuses it).
 
 1. data: the image lists (pretraining images; a k-NN/log-reg bank of ``--knn-train-per-class`` images per class);
 2. pretraining: ``dinov2/train/train.py`` with ``--config-file`` (default ``train/small_data``: the recipe scaled
@@ -21,6 +21,7 @@ changed (the previous one stays on disk, so switching back reuses it).
 """
 
 import argparse
+import functools
 import hashlib
 import json
 import logging
@@ -72,8 +73,24 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def code_version(root: Path = REPO) -> str:
+    """Hash of the sources and configs of the ``dinov2`` package under ``root``: a stage made by other code (an
+    update, a local edit) is recomputed instead of reused."""
+    digest = hashlib.sha256()
+    for path in sorted((root / "dinov2").rglob("*")):
+        if path.suffix in (".py", ".yaml") and path.is_file():
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:10]
+
+
+@functools.cache
+def _code() -> str:
+    return code_version()
+
+
 def _key(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    """A stage's folder key: its inputs and the code version."""
+    return hashlib.sha256(json.dumps([_code(), *parts], sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
 # -- stage 1: data --------------------------------------------------------------------------------------------------

@@ -121,6 +121,23 @@ def test_bank_keeps_the_first_images_of_each_class() -> None:
     assert main_job._first_per_class(rows, -1) == rows
 
 
+def test_code_version_follows_the_package_sources(tmp_path: Path) -> None:
+    package = tmp_path / "dinov2"
+    (package / "configs").mkdir(parents=True)
+    (package / "model.py").write_text("x = 1\n")
+    (package / "configs" / "a.yaml").write_text("a: 1\n")
+    (package / "notes.txt").write_text("not code")
+    first = main_job.code_version(tmp_path)
+    (package / "notes.txt").write_text("edited")
+    assert main_job.code_version(tmp_path) == first
+    (package / "configs" / "a.yaml").write_text("a: 2\n")
+    second = main_job.code_version(tmp_path)
+    assert second != first
+    (package / "model.py").write_text("x = 2\n")
+    assert main_job.code_version(tmp_path) not in (first, second)
+    assert main_job.code_version() != first  # the real package
+
+
 def test_last_value_reads_the_last_figure(tmp_path: Path) -> None:
     results = tmp_path / "results_eval_knn.json"
     lines = ({"('full', 20) Top 1": 50.0}, {"('full', 20) Top 5": 90.0}, {"('full', 20) Top 1": 61.5})
