@@ -150,6 +150,10 @@ class DataAugmentationDINO:
         self.batch_transform = BatchColorAugmentation(self.blur_probabilities) if color_on_batch else None
 
         self._log_parameters()
+        if not self.fast_crops:  # the fast path cuts its crops in _resized_crops, its colours are the batch's
+            self._build_pil_transforms(color_on_batch)
+
+    def _build_pil_transforms(self, color_on_batch: bool) -> None:
         self.geometric_augmentation_global = _RandomResizedCropAndFlip(self.global_crops_size, self.global_crops_scale)
         self.geometric_augmentation_local = _RandomResizedCropAndFlip(self.local_crops_size, self.local_crops_scale)
         if color_on_batch:
