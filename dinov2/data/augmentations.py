@@ -97,8 +97,9 @@ def _resized_crops(image: Image.Image, n: int, size: int, scale: tuple[float, fl
     crops = []
     for box, flip in zip(boxes.tolist(), flips.tolist()):
         crop = image.resize((size, size), Image.Resampling.BICUBIC, box=box)
-        crops.append(np.asarray(crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else crop))
-    return list(torch.from_numpy(np.stack(crops).transpose(0, 3, 1, 2).copy()).unbind(0))
+        crop = np.array(crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else crop)  # [size, size, 3]
+        crops.append(torch.from_numpy(crop).permute(2, 0, 1))  # a view; the collate stacks it into the batch
+    return crops
 
 
 class DataAugmentationDINO:
