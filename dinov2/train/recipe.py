@@ -97,14 +97,25 @@ def _precision_keys(bf16: bool) -> dict[str, Any]:
     return keys
 
 
-def _data_workers(cpus_per_rank: int) -> int:
-    """One core per rank stays with the training loop; the others decode and augment (at most 10). With two cores
-    or fewer the training process loads its own batches: a worker process preempts one of the training threads
-    at every operation (Fashion-MNIST on 2 cores, seconds per iteration: 0.253 with one worker, 0.224 without,
-    0.167 with the data free)."""
+def _data_workers(cpus_per_rank: int, *, on_cpu: bool) -> int:
+    """Data-loader workers per rank. With two cores or fewer the training process loads its own batches: a worker
+    process preempts one of the training threads at every operation (Fashion-MNIST on 2 cores, seconds per
+    iteration: 0.253 with one worker, 0.224 without, 0.167 with the data free). When a CPU also trains, about a
+    fifth of the cores load (the measured share of loading in a 2-core iteration: 0.07 core-seconds against 0.29
+    for the step, Fashion-MNIST and emoji alike) and :func:`_cpu_threads` gives the rest to the training; an
+    accelerator leaves all but one core to the loading (at most 10)."""
     if cpus_per_rank <= 2:
         return 0
+    if on_cpu:
+        return max(1, round(cpus_per_rank / 5))
     return int(min(10, cpus_per_rank - 1))
+
+
+def _cpu_threads(cpus_per_rank: int, workers: int, default_threads: int) -> int:
+    """Training threads of a CPU rank: the cores its loading workers leave, at most PyTorch's default (one per
+    physical core, or OMP_NUM_THREADS); with the default and the workers on the same cores, the workers would
+    preempt the training threads as above."""
+    return max(1, min(default_threads, cpus_per_rank - workers))
 
 
 def _round_to(value: float, multiple: int, minimum: int) -> int:
@@ -140,15 +151,19 @@ def derive_recipe(
     epochs: int = 100,
     bf16: bool = False,
     cpus_per_rank: int = 1,
+    cpu_threads: int | None = None,
 ) -> dict[str, Any]:
     """The derived ``{dotted key: value}``.
 
     ``iterations`` is the training length (from a time budget); None derives it from the dataset size: about 2M
     samples seen, at least 10 and at most 300 epochs (small sets need many passes, large ones few). ``epochs`` is
     the ``optim.epochs`` the schedule is expressed in (see :func:`schedule_keys`); ``bf16`` whether the device has
-    fast bf16 (:func:`fast_bf16`); ``cpus_per_rank`` sets the data-loader workers.
+    fast bf16 (:func:`fast_bf16`); ``cpus_per_rank`` and ``cpu_threads`` (PyTorch's default threads when the
+    training runs on the CPU, None on an accelerator) split the cores between the data-loader workers and the
+    training threads.
     """
     patch = _patch_size(min(facts.image_size, 224))
+    workers = _data_workers(cpus_per_rank, on_cpu=cpu_threads is not None)
     global_size = _round_to(min(facts.image_size, 224), patch, minimum=2)
     # Local crops cover 96/224 of the global crop side as in the reference, at least 2 x 2 patches.
     local_size = _round_to(global_size * 96 / 224, patch, minimum=2)
@@ -168,7 +183,7 @@ def derive_recipe(
         "optim.epochs": epochs,
         **schedule_keys(iterations, epochs),
         **_precision_keys(bf16),
-        "train.num_workers": _data_workers(cpus_per_rank),
+        "train.num_workers": workers,
         # Colours drawn per batch: torchvision's per-image colour ops cost ~4 ms for the 6 crops of a small image,
         # mostly call overhead, and on a few cores the data worker then slows the training threads.
         "crops.color_on_batch": True,
@@ -176,6 +191,8 @@ def derive_recipe(
         # loading shares the cores with the training (Fashion-MNIST, 2 cores: 0.17 s per step with the data free).
         "crops.fast_crops": True,
     }
+    if cpu_threads is not None:
+        recipe["train.cpu_threads"] = _cpu_threads(cpus_per_rank, workers, cpu_threads)
     prototypes = _prototypes(facts.n_images)
     if prototypes is not None:
         recipe["dino.head_n_prototypes"] = prototypes
@@ -247,6 +264,7 @@ def apply_recipe(
             epochs=epochs,
             bf16=fast_bf16(distributed.get_device()),
             cpus_per_rank=_cpus_per_rank(),
+            cpu_threads=torch.get_num_threads() if distributed.get_device().type == "cpu" else None,
         )
         what = f"{facts.n_images} images of about {facts.image_size} px, depth {depth}"
     applied = {key: value for key, value in derived.items() if key not in protected}

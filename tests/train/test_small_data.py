@@ -205,3 +205,15 @@ def test_cpu_threads_set_the_threads_of_a_cpu_run() -> None:
 def test_recipe_loads_in_the_training_process_on_two_cores(cpus: int, workers: int) -> None:
     recipe = derive_recipe(DataFacts(5_000, 28), depth=4, global_batch=64, iterations=100, cpus_per_rank=cpus)
     assert recipe["train.num_workers"] == workers
+    assert "train.cpu_threads" not in recipe  # an accelerator trains: the threads stay PyTorch's
+
+
+@pytest.mark.parametrize(
+    ("cpus", "default_threads", "workers", "threads"),
+    [(1, 1, 0, 1), (2, 2, 0, 2), (4, 4, 1, 3), (16, 16, 3, 13), (16, 8, 3, 8), (64, 64, 13, 51)],
+)
+def test_recipe_splits_the_cores_of_a_cpu_run(cpus: int, default_threads: int, workers: int, threads: int) -> None:
+    recipe = derive_recipe(
+        DataFacts(5_000, 28), depth=4, global_batch=64, iterations=100, cpus_per_rank=cpus, cpu_threads=default_threads
+    )
+    assert (recipe["train.num_workers"], recipe["train.cpu_threads"]) == (workers, threads)
