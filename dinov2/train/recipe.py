@@ -112,9 +112,9 @@ def _data_workers(cpus_per_rank: int, *, on_cpu: bool) -> int:
 
 
 def _cpu_threads(cpus_per_rank: int, workers: int, default_threads: int) -> int:
-    """Training threads of a CPU rank: the cores its loading workers leave, at most PyTorch's default (one per
-    physical core, or OMP_NUM_THREADS); with the default and the workers on the same cores, the workers would
-    preempt the training threads as above."""
+    """Training threads of a CPU rank: the cores its loading workers leave, at most PyTorch's default (its own
+    choice, or OMP_NUM_THREADS); with the default and the workers on the same cores, the workers would preempt the
+    training threads as above."""
     return max(1, min(default_threads, cpus_per_rank - workers))
 
 
