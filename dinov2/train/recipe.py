@@ -152,6 +152,7 @@ def derive_recipe(
     bf16: bool = False,
     cpus_per_rank: int = 1,
     cpu_threads: int | None = None,
+    num_workers: int | None = None,
 ) -> dict[str, Any]:
     """The derived ``{dotted key: value}``.
 
@@ -160,10 +161,10 @@ def derive_recipe(
     the ``optim.epochs`` the schedule is expressed in (see :func:`schedule_keys`); ``bf16`` whether the device has
     fast bf16 (:func:`fast_bf16`); ``cpus_per_rank`` and ``cpu_threads`` (PyTorch's default threads when the
     training runs on the CPU, None on an accelerator) split the cores between the data-loader workers and the
-    training threads.
+    training threads; ``num_workers`` is the user's worker count, if set (the threads then take the cores it leaves).
     """
     patch = _patch_size(min(facts.image_size, 224))
-    workers = _data_workers(cpus_per_rank, on_cpu=cpu_threads is not None)
+    workers = num_workers if num_workers is not None else _data_workers(cpus_per_rank, on_cpu=cpu_threads is not None)
     global_size = _round_to(min(facts.image_size, 224), patch, minimum=2)
     # Local crops cover 96/224 of the global crop side as in the reference, at least 2 x 2 patches.
     local_size = _round_to(global_size * 96 / 224, patch, minimum=2)
@@ -265,6 +266,7 @@ def apply_recipe(
             bf16=fast_bf16(distributed.get_device()),
             cpus_per_rank=_cpus_per_rank(),
             cpu_threads=torch.get_num_threads() if distributed.get_device().type == "cpu" else None,
+            num_workers=int(cfg.train.num_workers) if "train.num_workers" in protected else None,
         )
         what = f"{facts.n_images} images of about {facts.image_size} px, depth {depth}"
     applied = {key: value for key, value in derived.items() if key not in protected}

@@ -217,3 +217,10 @@ def test_recipe_splits_the_cores_of_a_cpu_run(cpus: int, default_threads: int, w
         DataFacts(5_000, 28), depth=4, global_batch=64, iterations=100, cpus_per_rank=cpus, cpu_threads=default_threads
     )
     assert (recipe["train.num_workers"], recipe["train.cpu_threads"]) == (workers, threads)
+
+
+def test_recipe_leaves_the_cores_of_the_users_workers() -> None:
+    recipe = derive_recipe(
+        DataFacts(5_000, 28), depth=4, global_batch=64, iterations=100, cpus_per_rank=16, cpu_threads=16, num_workers=8
+    )
+    assert (recipe["train.num_workers"], recipe["train.cpu_threads"]) == (8, 8)
