@@ -82,12 +82,19 @@ def adjust_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 _JITTER_OPERATIONS = (_brightness, _contrast, _saturation, adjust_hue)
 
 
+def _is_grey(images: torch.Tensor) -> torch.Tensor:
+    """``[N]``: whether the three channels of each image are equal (a hue rotation then changes nothing)."""
+    return (images.amax(dim=1) == images.amin(dim=1)).flatten(1).all(dim=1)
+
+
 def _uniform(n: int, low: float, high: float) -> torch.Tensor:
     return low + (high - low) * torch.rand(n)
 
 
 def _color_jitter(images: torch.Tensor) -> torch.Tensor:
-    """With probability COLOR_JITTER_P per image: brightness, contrast, saturation and hue, in an order per image."""
+    """With probability COLOR_JITTER_P per image: brightness, contrast, saturation and hue, in an order per image.
+    The hue rotation, the costliest operation, is skipped on grey images: for them it is the identity (exactly),
+    and they stay grey through the other three."""
     n = images.shape[0]
     applied = torch.rand(n) < COLOR_JITTER_P
     brightness, contrast, saturation, hue = (COLOR_JITTER[k] for k in ("brightness", "contrast", "saturation", "hue"))
@@ -98,9 +105,10 @@ def _color_jitter(images: torch.Tensor) -> torch.Tensor:
         _uniform(n, -hue, hue),
     )
     order = torch.rand(n, len(_JITTER_OPERATIONS)).argsort(dim=1)  # [N, 4]: a random permutation per image
+    rotated = applied & ~_is_grey(images)
     for step in range(len(_JITTER_OPERATIONS)):
         for index, operation in enumerate(_JITTER_OPERATIONS):
-            chosen = applied & (order[:, step] == index)
+            chosen = (rotated if operation is adjust_hue else applied) & (order[:, step] == index)
             if chosen.any():
                 images[chosen] = operation(images[chosen], factors[index][chosen])
     return images

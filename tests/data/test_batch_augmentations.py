@@ -33,6 +33,22 @@ def test_hue_shifts_each_image_by_its_own_amount() -> None:
     torch.testing.assert_close(adjust_hue(images, shifts), expected, atol=1e-5, rtol=0)
 
 
+def test_hue_leaves_grey_images_exactly_unchanged() -> None:
+    """What lets the colour jitter skip the hue rotation of grey images (Fashion-MNIST: all of them)."""
+    grey = _images(n=16).mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
+    assert torch.equal(adjust_hue(grey, torch.linspace(-0.5, 0.5, 16)), grey)
+
+
+def test_grey_images_stay_grey_through_the_jitter() -> None:
+    from dinov2.data.batch_augmentations import _color_jitter, _is_grey
+
+    grey = _images(n=64).mean(dim=1, keepdim=True).expand(-1, 3, -1, -1).contiguous()
+    assert _is_grey(grey).all() and not _is_grey(_images()).any()
+    torch.manual_seed(0)
+    jittered = _color_jitter(grey.clone())
+    assert _is_grey(jittered).all() and not torch.equal(jittered, grey)
+
+
 def test_blur_matches_torchvision_per_image() -> None:
     images, sigmas = _images(size=14), torch.tensor([0.1, 0.5, 1.0, 1.5, 2.0, 0.7])
     expected = torch.stack(
