@@ -49,6 +49,23 @@ def test_grey_images_stay_grey_through_the_jitter() -> None:
     assert _is_grey(jittered).all() and not torch.equal(jittered, grey)
 
 
+def test_the_jitter_rotates_the_hue_of_colourful_images_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the hue the only jitter (brightness, contrast, saturation factors 1): colourful images change, grey ones
+    come out exactly as they went in."""
+    from dinov2.data import batch_augmentations
+
+    monkeypatch.setattr(batch_augmentations, "COLOR_JITTER_P", 1.0)
+    monkeypatch.setattr(
+        batch_augmentations, "COLOR_JITTER", {"brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.5}
+    )
+    grey = _images(n=16).mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
+    colourful = _images(n=16)
+    torch.manual_seed(0)
+    out = batch_augmentations._color_jitter(torch.cat([grey, colourful]))
+    assert torch.equal(out[:16], grey)
+    assert ((out[16:] - colourful).abs().amax(dim=(1, 2, 3)) > 1e-3).all()
+
+
 def test_blur_matches_torchvision_per_image() -> None:
     images, sigmas = _images(size=14), torch.tensor([0.1, 0.5, 1.0, 1.5, 2.0, 0.7])
     expected = torch.stack(
