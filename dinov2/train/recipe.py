@@ -257,15 +257,16 @@ def apply_recipe(
     else:
         facts = measure_data(cfg.train.dataset_path)
         depth = _depth(cfg.student)
+        device = distributed.get_device()
         derived = derive_recipe(
             facts,
             depth=depth,
             global_batch=global_batch,
             iterations=iterations,
             epochs=epochs,
-            bf16=fast_bf16(distributed.get_device()),
+            bf16=fast_bf16(device),
             cpus_per_rank=_cpus_per_rank(),
-            cpu_threads=torch.get_num_threads() if distributed.get_device().type == "cpu" else None,
+            cpu_threads=torch.get_num_threads() if device.type == "cpu" else None,
             num_workers=int(cfg.train.num_workers) if "train.num_workers" in protected else None,
         )
         what = f"{facts.n_images} images of about {facts.image_size} px, depth {depth}"
